@@ -1,0 +1,69 @@
+"""
+txmsg: Twisted-native messaging for RabbitMQ (AMQP 0-9-1).
+"""
+
+from txmsg._version import __version__
+from txmsg.connection import ClusterEndpoint, Connection, NoBrokerAvailable
+from txmsg.consumer import Consumer, Reject, Requeue
+from txmsg.errors import (
+    AccessRefused,
+    AMQPError,
+    AuthenticationError,
+    ChannelClosed,
+    ChannelError,
+    ConnectionClosed,
+    ConnectionLost,
+    FatalConnectionError,
+    NotFound,
+    PreconditionFailed,
+    ProtocolError,
+    ResourceLocked,
+    TLSError,
+    TxmsgError,
+    UndecodableMessage,
+    VhostNotFound,
+)
+from txmsg.message import Message
+from txmsg.producer import Nacked, Producer, PublishTimeout, Unroutable
+from txmsg.topology import Binding, Exchange, ExchangeBinding, Queue, QueueInfo
+from txmsg.url import ConnectionParameters, InvalidURL, parse_url, parse_urls
+
+__all__ = [
+    "AMQPError",
+    "AccessRefused",
+    "AuthenticationError",
+    "Binding",
+    "ChannelClosed",
+    "ChannelError",
+    "ClusterEndpoint",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionLost",
+    "ConnectionParameters",
+    "Consumer",
+    "Exchange",
+    "ExchangeBinding",
+    "FatalConnectionError",
+    "InvalidURL",
+    "Message",
+    "Nacked",
+    "NoBrokerAvailable",
+    "NotFound",
+    "PreconditionFailed",
+    "ProtocolError",
+    "Producer",
+    "PublishTimeout",
+    "Queue",
+    "QueueInfo",
+    "Reject",
+    "Requeue",
+    "ResourceLocked",
+    "TLSError",
+    "TxmsgError",
+    "UndecodableMessage",
+    "Unroutable",
+    "VhostNotFound",
+    "__version__",
+    "parse_url",
+    "parse_urls",
+]

@@ -1,0 +1,222 @@
+"""
+One AMQP channel on a live connection: synchronous calls matched to their
+replies in order, content assembly for deliveries and returns, and the
+asynchronous events the broker sends (deliveries, returns, confirms, cancels).
+
+Channels are numbered by the protocol, never by the caller.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txmsg import _codec
+from txmsg.errors import ChannelClosed, channel_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    from txmsg._protocol import AMQPProtocol
+
+#: (delivery args, properties, body)
+DeliverCallback = Callable[[dict[str, Any], dict[str, Any], bytes], None]
+
+_DELIVER = (60, 60)
+_RETURN = (60, 50)
+_GET_OK = (60, 71)
+_ACK = (60, 80)
+_NACK = (60, 120)
+_CANCEL = (60, 30)
+_CLOSE = (20, 40)
+_FLOW = (20, 20)
+
+
+def _method_name(class_id: int, method_id: int) -> str | None:
+    ms = _codec.methods().by_key.get((class_id, method_id))
+    return ms.name if ms else None
+
+
+class Channel:
+    """
+    An open channel.  Obtain one from L{AMQPProtocol.open_channel}.
+
+    @ivar closed_reason: why the channel closed (a L{Failure}), once it has.
+    """
+
+    _log = Logger()
+
+    def __init__(self, protocol: AMQPProtocol, channel_id: int) -> None:
+        self.protocol = protocol
+        self.id = channel_id
+        self.is_open = True
+        self.closed_reason: Failure | None = None
+        self._methods = _codec.methods()
+        self._rpc: deque[tuple[tuple[tuple[int, int], ...], Deferred[Any], str]] = deque()
+        self._content: tuple[Any, dict[str, Any]] | None = None
+        self._props: dict[str, Any] = {}
+        self._parts: list[bytes] = []
+        self._remaining = 0
+        self.consumers: dict[str, DeliverCallback] = {}
+        self.on_return: Callable[[dict[str, Any], dict[str, Any], bytes], None] | None = None
+        self.on_confirm: Callable[[bool, int, bool], None] | None = None
+        self.on_cancel: Callable[[str], None] | None = None
+        self._close_listeners: list[Callable[[Failure], None]] = []
+
+    def __repr__(self) -> str:
+        state = "open" if self.is_open else "closed"
+        return f"<Channel {self.id} {state}>"
+
+    # ------------------------------------------------------------------
+    # sending
+
+    def call(self, name: str, **kwargs: Any) -> Deferred[Any]:
+        """
+        Send method C{name} (e.g. C{"queue.declare"}); the Deferred fires with the
+        reply's arguments (a dict) for a synchronous method, at once otherwise.
+        A channel error fails it with the matching L{txmsg.errors.ChannelError}.
+        """
+        if not self.is_open:
+            return fail(self.closed_reason or ChannelClosed(f"channel {self.id} is closed"))
+        ms = self._methods.by_name[name]
+        self.protocol.write(_codec.method_frame(self.id, ms.encode(kwargs)))
+        if ms.responses and not (kwargs.get("no_wait") or kwargs.get("nowait")):
+            d: Deferred[Any] = Deferred()
+            self._rpc.append((ms.responses, d, name))
+            return d
+        return succeed(None)
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: dict[str, Any],
+        mandatory: bool = False,
+    ) -> None:
+        """
+        Write one basic.publish with its content; the body is split to C{frame_max}.
+        """
+        if not self.is_open:
+            raise ChannelClosed(f"channel {self.id} is closed")
+        parts = _codec.content_frames(self.id, properties, body, self.protocol.frame_max)
+        parts.insert(0, _codec.basic_publish_frame(self.id, exchange, routing_key, mandatory))
+        self.protocol.write_sequence(parts)
+
+    def ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        if self.is_open:
+            self.protocol.write(_codec.basic_ack_frame(self.id, delivery_tag, multiple))
+
+    def nack(self, delivery_tag: int, multiple: bool = False, requeue: bool = True) -> None:
+        if self.is_open:
+            self.call("basic.nack", delivery_tag=delivery_tag, multiple=multiple, requeue=requeue)
+
+    def reject(self, delivery_tag: int, requeue: bool = True) -> None:
+        if self.is_open:
+            self.call("basic.reject", delivery_tag=delivery_tag, requeue=requeue)
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the channel politely; fires when the broker said close-ok.
+        """
+        if not self.is_open:
+            return succeed(None)
+        d = self.call("channel.close", reply_code=200, reply_text="bye", class_id=0, method_id=0)
+        d.addCallback(lambda _: self._closed(Failure(ChannelClosed(f"channel {self.id} closed"))))
+        return d
+
+    def when_closed(self, listener: Callable[[Failure], None]) -> None:
+        """
+        Call C{listener} with the reason when this channel closes, for any reason.
+        """
+        if self.is_open:
+            self._close_listeners.append(listener)
+        else:
+            assert self.closed_reason is not None
+            listener(self.closed_reason)
+
+    # ------------------------------------------------------------------
+    # receiving (called by the protocol)
+
+    def method_received(self, ms: _codec.MethodSpec, args: dict[str, Any]) -> None:
+        if ms.content:
+            self._content = (ms, args)
+            return
+        key = ms.key
+        if self._rpc and key in self._rpc[0][0]:
+            _, d, _ = self._rpc.popleft()
+            d.callback(args)
+        elif key == _ACK or key == _NACK:
+            if self.on_confirm is not None:
+                self.on_confirm(key == _ACK, args["delivery_tag"], args["multiple"])
+        elif key == _CLOSE:
+            self.protocol.write(_codec.method_frame(
+                self.id, self._methods.by_name["channel.close-ok"].encode({})))
+            err = channel_error(
+                args["reply_code"], args["reply_text"],
+                _method_name(args["class_id"], args["method_id"]),
+            )
+            self._closed(Failure(err))
+        elif key == _CANCEL:
+            tag = args["consumer_tag"]
+            self.consumers.pop(tag, None)
+            if self.on_cancel is not None:
+                self.on_cancel(tag)
+        elif key == _FLOW:
+            self.call("channel.flow-ok", active=args["active"])
+        else:
+            self._log.warn("channel {id}: unexpected {method}", id=self.id, method=ms.name)
+
+    def header_received(self, size: int, props: dict[str, Any]) -> None:
+        if size == 0:
+            self._content_complete(props, b"")
+        else:
+            self._props = props
+            self._remaining = size
+            self._parts = []
+
+    def body_received(self, chunk: bytes) -> None:
+        self._parts.append(chunk)
+        self._remaining -= len(chunk)
+        if self._remaining <= 0:
+            parts = self._parts
+            self._parts = []
+            body = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+            self._content_complete(self._props, body)
+
+    def _content_complete(self, props: dict[str, Any], body: bytes) -> None:
+        content = self._content
+        self._content = None
+        if content is None:
+            self._log.warn("channel {id}: content without a method", id=self.id)
+            return
+        ms, args = content
+        key = ms.key
+        if key == _DELIVER:
+            callback = self.consumers.get(args["consumer_tag"])
+            if callback is not None:
+                callback(args, props, body)
+            else:
+                self._log.warn("channel {id}: delivery for unknown consumer {tag}",
+                               id=self.id, tag=args["consumer_tag"])
+        elif key == _RETURN:
+            if self.on_return is not None:
+                self.on_return(args, props, body)
+        elif key == _GET_OK and self._rpc:
+            _, d, _ = self._rpc.popleft()
+            d.callback((args, props, body))
+
+    def _closed(self, reason: Failure) -> None:
+        if not self.is_open:
+            return
+        self.is_open = False
+        self.closed_reason = reason
+        self.protocol.channel_closed(self)
+        rpc, self._rpc = self._rpc, deque()
+        for _, d, _name in rpc:
+            d.errback(reason)
+        listeners, self._close_listeners = self._close_listeners, []
+        for listener in listeners:
+            listener(reason)

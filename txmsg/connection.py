@@ -1,0 +1,343 @@
+"""
+A connection to RabbitMQ that recovers: Twisted's L{ClientService} with a jittered
+backoff, failover across the URLs of a cluster, fatal errors surfaced instead of
+retried, and everything a fresh connection needs (topology first, then the hooks
+of producers and consumers) replayed on every reconnect.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txmsg._channel import Channel
+from txmsg._protocol import AMQPProtocol
+from txmsg.errors import ChannelError, ConnectionLost, FatalConnectionError, TxmsgError
+from txmsg.url import ConnectionParameters, parse_urls
+
+
+class Declarable(Protocol):
+    """
+    A piece of topology: something that declares itself on a channel.
+
+    C{names} maps queues to the names the broker gave them on this connection, so
+    that bindings follow a server-named queue to its new name after a reconnect.
+    """
+
+    def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[Any]: ...
+
+
+ReadyHook = Callable[[AMQPProtocol], "Deferred[Any] | None"]
+
+
+class NoBrokerAvailable(ConnectError):
+    """
+    No URL of the cluster accepted a TCP connection.
+    """
+
+
+@implementer(IStreamClientEndpoint)
+class ClusterEndpoint:
+    """
+    Connect to the first of several brokers that answers, in the order given.
+
+    @ivar current: the parameters of the broker being tried (or connected) now.
+    """
+
+    _log = Logger()
+
+    def __init__(self, params: Sequence[ConnectionParameters], reactor: Any) -> None:
+        if not params:
+            raise ValueError("at least one broker URL is needed")
+        self.params = list(params)
+        self.reactor = reactor
+        self.current = self.params[0]
+
+    def __repr__(self) -> str:
+        return f"<ClusterEndpoint {', '.join(p.safe_url for p in self.params)}>"
+
+    @inlineCallbacks
+    def connect(self, protocolFactory: Any) -> Any:
+        errors = []
+        for params in self.params:
+            self.current = params
+            self._log.info("connecting to {url}", url=params.safe_url)
+            try:
+                protocol = yield params.endpoint(self.reactor).connect(protocolFactory)
+            except ConnectError as e:
+                self._log.info("{url} did not answer: {error}", url=params.safe_url, error=e)
+                errors.append(f"{params.safe_url}: {e}")
+            else:
+                return protocol
+        raise NoBrokerAvailable(string="; ".join(errors))
+
+
+class _Factory(Factory):
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def buildProtocol(self, addr: Any) -> AMQPProtocol:
+        conn = self.connection
+        protocol = AMQPProtocol(conn.endpoint.current, conn.reactor, conn.name)
+        protocol.factory = self
+        return protocol
+
+
+class Connection(Service):
+    """
+    A recovering connection to a RabbitMQ broker or cluster; an C{IService}.
+
+    @param urls: one URL, several (a cluster: the first that answers is used and
+        the others take over on loss), or None for C{$TXMSG_URL} or the local default.
+    @param reactor: the reactor (also the clock); the global one if not given.
+    @param name: the connection name shown in the management UI.
+    @param retry_policy: attempt number -> seconds to wait; a jittered exponential
+        backoff by default.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        urls: str | Iterable[str] | None = None,
+        *,
+        reactor: Any = None,
+        name: str | None = None,
+        retry_policy: Callable[[int], float] | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.params = parse_urls(urls)
+        self.name = name
+        self.endpoint = ClusterEndpoint(self.params, reactor)
+        self._policy = retry_policy or backoffPolicy(initialDelay=0.5, maxDelay=30.0)
+        self._failures = 0
+        self.protocol: AMQPProtocol | None = None
+        self.topology: list[Declarable] = []
+        self.names: dict[Any, str] = {}
+        self._hooks: list[ReadyHook] = []
+        self._waiters: list[Deferred[AMQPProtocol]] = []
+        self._fatal: Failure | None = None
+        self._service: ClientService | None = None
+        self._control: Channel | None = None
+
+    def __repr__(self) -> str:
+        return f"<Connection {', '.join(p.safe_url for p in self.params)}>"
+
+    # ------------------------------------------------------------------
+    # IService
+
+    def startService(self) -> None:
+        if self.running:
+            return
+        Service.startService(self)
+        self._fatal = None
+        self._failures = 0
+        self._service = ClientService(
+            self.endpoint,
+            _Factory(self),
+            retryPolicy=self._retry_delay,
+            clock=self.reactor,
+            prepareConnection=self._prepare,
+        )
+        self._service.startService()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Close the AMQP connection politely and stop reconnecting.
+        """
+        Service.stopService(self)
+        service, self._service = self._service, None
+        protocol, self.protocol = self.protocol, None
+        self._fail_waiters(Failure(ConnectionLost("the connection was stopped")))
+        closing = protocol.close() if protocol is not None else succeed(None)
+        if service is None:
+            return closing
+        closing.addBoth(lambda _: service.stopService())
+        return closing
+
+    # ------------------------------------------------------------------
+    # using the connection
+
+    @property
+    def is_connected(self) -> bool:
+        return self.protocol is not None and self.protocol.is_open
+
+    def when_ready(self) -> Deferred[AMQPProtocol]:
+        """
+        Fire with the live protocol once connected, with topology declared and
+        every ready-hook run; fail with a L{FatalConnectionError} if the broker
+        refuses us in a way that retrying cannot fix.
+        """
+        if self._fatal is not None:
+            return fail(self._fatal)
+        if self.protocol is not None and self.protocol.is_open:
+            return succeed(self.protocol)
+        if not self.running:
+            self.startService()
+        d: Deferred[AMQPProtocol] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def connect(self) -> Deferred[Connection]:
+        """
+        Start the service if needed; fire with this connection once it is ready.
+        """
+        return self.when_ready().addCallback(lambda _: self)
+
+    @inlineCallbacks
+    def channel(self) -> Any:
+        """
+        Open a new channel on the live connection (waiting for one if needed).
+        """
+        protocol = yield self.when_ready()
+        channel = yield protocol.open_channel()
+        return channel
+
+    def add_ready_hook(self, hook: ReadyHook) -> None:
+        """
+        Run C{hook(protocol)} on every connection once topology is declared; if
+        connected now, run it at once too.  Producers and consumers use this to
+        open their channels again after a reconnect.
+        """
+        self._hooks.append(hook)
+        protocol = self.protocol
+        if protocol is not None and protocol.is_open:
+            d = hook(protocol)
+            if isinstance(d, Deferred):
+                d.addErrback(lambda f: self._log.failure("ready hook {hook} failed", f, hook=hook))
+
+    def remove_ready_hook(self, hook: ReadyHook) -> None:
+        if hook in self._hooks:
+            self._hooks.remove(hook)
+
+    @inlineCallbacks
+    def declare(self, *items: Declarable) -> Any:
+        """
+        Declare topology now and on every reconnect.  A declaration the broker
+        refuses fails with its L{ChannelError} and is not kept for replay.
+        """
+        protocol = yield self.when_ready()
+        results = []
+        for item in items:
+            channel = yield self._control_channel(protocol)
+            result = yield item.declare(channel, self.names)
+            if item not in self.topology:
+                self.topology.append(item)
+            results.append(result)
+        return results[0] if len(results) == 1 else results
+
+    def forget(self, *items: Declarable) -> None:
+        """
+        Stop replaying these declarations on reconnect.
+        """
+        for item in items:
+            if item in self.topology:
+                self.topology.remove(item)
+
+    @inlineCallbacks
+    def _control_channel(self, protocol: AMQPProtocol) -> Any:
+        channel = self._control
+        if channel is None or not channel.is_open or channel.protocol is not protocol:
+            channel = self._control = yield protocol.open_channel()
+        return channel
+
+    # ------------------------------------------------------------------
+    # connection life cycle
+
+    def _retry_delay(self, attempt: int) -> float:
+        # ClientService counts a connection that reached prepareConnection as a
+        # success; txmsg counts only a ready connection as one, so the backoff
+        # grows across handshake failures too.
+        return self._policy(max(attempt, self._failures))
+
+    def _prepare(self, proxy: IProtocol) -> Deferred[None]:
+        """
+        ClientService's prepareConnection.  The returned Deferred never fails: it
+        fires once the connection is ready or once it is gone, because
+        ClientService cannot take a connection lost while preparing it as a
+        failure.  A failed preparation aborts the connection and waits for the loss.
+        """
+        protocol: AMQPProtocol = getattr(proxy, "_protocol", proxy)
+        done: Deferred[None] = Deferred()
+
+        def finish(_: object = None) -> None:
+            if not done.called:
+                done.callback(None)
+
+        protocol.when_lost(self._lost)
+        protocol.when_lost(finish)
+        d = self._setup(protocol)
+
+        def ready(_: object) -> None:
+            self._failures = 0
+            self.protocol = protocol
+            self._log.info("connected to {url}", url=protocol.params.safe_url)
+            waiters, self._waiters = self._waiters, []
+            for w in waiters:
+                w.callback(protocol)
+            finish()
+
+        def failed(reason: Failure) -> None:
+            self._failures += 1
+            if reason.check(FatalConnectionError):
+                self._log.error("{url}: {error}", url=protocol.params.safe_url, error=reason.value)
+                self._fatal = reason
+                self._fail_waiters(reason)
+                self.reactor.callLater(0, self._stop_after_fatal)
+            else:
+                self._log.info("connection to {url} failed: {error}",
+                               url=protocol.params.safe_url, error=reason.getErrorMessage())
+            if not protocol.lost:
+                protocol.transport.abortConnection()
+
+        d.addCallbacks(ready, failed)
+        return done
+
+    @inlineCallbacks
+    def _setup(self, protocol: AMQPProtocol) -> Any:
+        yield protocol.handshake
+        self._control = None
+        self.names.clear()
+        for item in list(self.topology):
+            channel = yield self._control_channel(protocol)
+            try:
+                yield item.declare(channel, self.names)
+            except ChannelError as e:
+                self._log.error("replaying {item} failed: {error}", item=item, error=e)
+        for hook in list(self._hooks):
+            yield hook(protocol)
+
+    def _lost(self, reason: Failure) -> None:
+        if self.protocol is not None and self.protocol.lost:
+            self._log.warn("connection to {url} lost: {error}",
+                           url=self.protocol.params.safe_url, error=reason.getErrorMessage())
+            self.protocol = None
+            self._control = None
+
+    def _stop_after_fatal(self) -> None:
+        if self.running:
+            Service.stopService(self)
+            service, self._service = self._service, None
+            if service is not None:
+                service.stopService()
+
+    def _fail_waiters(self, reason: Failure) -> None:
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            w.errback(reason)
+
+
+__all__ = ["Connection", "ClusterEndpoint", "Declarable", "NoBrokerAvailable", "TxmsgError"]

@@ -1,0 +1,182 @@
+"""
+Consuming with manual acks and fair dispatch.
+
+A L{Consumer} sets a bounded prefetch (C{basic.qos}) and consumes a queue; each
+message goes to the handler, which may return a value, a Deferred or a coroutine.
+The message is acked when the handler succeeds.  A handler's exception is logged
+and the message is rejected without requeue (a dead-letter exchange catches it),
+unless the handler raises L{Requeue}.  A body that does not decode as its content
+type says is rejected without reaching the handler.  After a reconnect the
+consumer resumes by itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Awaitable, Callable, Union
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txmsg._channel import Channel
+from txmsg._protocol import AMQPProtocol
+from txmsg.connection import Connection
+from txmsg.errors import TxmsgError, UndecodableMessage
+from txmsg.message import Message
+from txmsg.topology import Queue
+
+Handler = Callable[[Message], Union[Any, Deferred[Any], Awaitable[Any]]]
+
+DEFAULT_PREFETCH = 50
+
+
+class Requeue(TxmsgError):
+    """
+    Raise from a handler to put the message back on its queue for another consumer.
+    """
+
+
+class Reject(TxmsgError):
+    """
+    Raise from a handler to reject the message without requeue (dead-letter it).
+    """
+
+
+def call_handler(handler: Handler, message: Message) -> Deferred[Any]:
+    """
+    Call a user handler; its value, Deferred or coroutine becomes a Deferred.
+    """
+    d = maybeDeferred(handler, message)
+
+    def unwrap(result: Any) -> Any:
+        if inspect.isawaitable(result):
+            return ensureDeferred(result)
+        return result
+
+    return d.addCallback(unwrap)
+
+
+class Consumer(Service):
+    """
+    Consume C{queue} with C{handler}; an C{IService}: start it to consume, stop it
+    to cancel (messages being handled finish first).
+
+    @param prefetch: how many unacked messages the broker may send this consumer;
+        bounded by default so that consumers joining later get their share.
+    @param allow_pickle: decode C{application/python-pickle} bodies (off by default).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        connection: Connection,
+        queue: Queue | str,
+        handler: Handler,
+        *,
+        prefetch: int = DEFAULT_PREFETCH,
+        allow_pickle: bool = False,
+    ) -> None:
+        if prefetch < 0 or prefetch > 65535:
+            raise ValueError("prefetch must be between 0 and 65535")
+        self.connection = connection
+        self.queue = queue
+        self.handler = handler
+        self.prefetch = prefetch
+        self.allow_pickle = allow_pickle
+        self.channel: Channel | None = None
+        self.consumer_tag: str | None = None
+        self.consumed = 0
+        self._in_flight: set[Deferred[Any]] = set()
+        self._consuming_waiters: list[Deferred[Consumer]] = []
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.connection.add_ready_hook(self._on_ready)
+        if not self.connection.running:
+            self.connection.startService()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        self.connection.remove_ready_hook(self._on_ready)
+        channel, self.channel = self.channel, None
+        d: Deferred[Any] = succeed(None)
+        if channel is not None and channel.is_open and self.consumer_tag:
+            d = channel.call("basic.cancel", consumer_tag=self.consumer_tag)
+            d.addErrback(lambda _: None)
+        in_flight = list(self._in_flight)
+
+        def drained(_: object) -> Deferred[Any]:
+            return DeferredList(in_flight, consumeErrors=True)
+
+        d.addCallback(drained)
+        d.addCallback(lambda _: channel.close() if channel is not None and channel.is_open else None)
+        d.addErrback(lambda _: None)
+        return d
+
+    def wait_consuming(self) -> Deferred[Consumer]:
+        """
+        Fire once this consumer is registered with the broker.
+        """
+        if self.channel is not None and self.channel.is_open and self.consumer_tag:
+            return succeed(self)
+        d: Deferred[Consumer] = Deferred()
+        self._consuming_waiters.append(d)
+        return d
+
+    def _on_ready(self, protocol: AMQPProtocol) -> Deferred[Any]:
+        def opened(channel: Channel) -> Deferred[Any]:
+            self.channel = channel
+            channel.on_cancel = self._cancelled
+            d = channel.call("basic.qos", prefetch_size=0, prefetch_count=self.prefetch, global_=False)
+            queue = self.queue
+            name = queue.resolve(self.connection.names) if isinstance(queue, Queue) else queue
+            d.addCallback(lambda _: channel.call("basic.consume", queue=name, consumer_tag=""))
+
+            def consuming(result: dict[str, Any]) -> None:
+                self.consumer_tag = result["consumer_tag"]
+                channel.consumers[self.consumer_tag] = lambda a, p, b: self._deliver(channel, a, p, b)
+                self._log.info("consuming {queue} (prefetch {prefetch})", queue=name, prefetch=self.prefetch)
+                waiters, self._consuming_waiters = self._consuming_waiters, []
+                for w in waiters:
+                    w.callback(self)
+
+            return d.addCallback(consuming)
+
+        return protocol.open_channel().addCallback(opened)
+
+    def _cancelled(self, tag: str) -> None:
+        self._log.warn("the broker cancelled consumer {tag} on {queue} (queue deleted?)",
+                       tag=tag, queue=self.queue)
+
+    def _deliver(self, channel: Channel, args: dict[str, Any], props: dict[str, Any], body: bytes) -> None:
+        message = Message.from_delivery(body, props, args, allow_pickle=self.allow_pickle)
+        tag = args["delivery_tag"]
+        try:
+            message.payload  # noqa: B018 - decode before the handler sees it
+        except UndecodableMessage as e:
+            self._log.error("rejecting undecodable message {tag} from {queue}: {error}",
+                            tag=tag, queue=self.queue, error=e)
+            channel.reject(tag, requeue=False)
+            return
+        d = call_handler(self.handler, message)
+        self._in_flight.add(d)
+
+        def done(result: Any) -> None:
+            self._in_flight.discard(d)
+            self.consumed += 1
+            if isinstance(result, Failure):
+                if result.check(Requeue):
+                    channel.reject(tag, requeue=True)
+                elif result.check(Reject):
+                    channel.reject(tag, requeue=False)
+                else:
+                    self._log.failure("handler failed on message {tag} from {queue}; rejected",
+                                      result, tag=tag, queue=self.queue)
+                    channel.reject(tag, requeue=False)
+            else:
+                channel.ack(tag)
+
+        d.addBoth(done)

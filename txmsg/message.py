@@ -1,0 +1,260 @@
+"""
+The message model: one L{Message} type for what is published and what is delivered.
+
+A message is its body (bytes), the fourteen basic properties under Pythonic names,
+and, for a delivered message, the delivery facts.  Its L{Message.payload} is the
+body decoded by content type: JSON for C{application/json} (the default encoding
+for dicts and lists), text for C{text/*}, raw bytes otherwise.  Pickle is never
+decoded unless the consumer opted in.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import pickle
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
+from typing import Any, Mapping
+
+from txmsg.errors import UndecodableMessage
+
+JSON = "application/json"
+TEXT = "text/plain"
+BINARY = "application/octet-stream"
+PICKLE_TYPES = frozenset({"application/python-pickle", "application/x-python-pickle"})
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+def _media_type(content_type: str | None) -> tuple[str, str | None]:
+    """
+    Split C{"text/plain; charset=latin-1"} into its media type and charset.
+    """
+    if not content_type:
+        return "", None
+    main, _, rest = content_type.partition(";")
+    charset = None
+    for param in rest.split(";"):
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "charset" and value:
+            charset = value.strip().strip('"')
+    return main.strip().lower(), charset
+
+
+def _is_json(media: str) -> bool:
+    return media == JSON or (media.startswith("application/") and media.endswith("+json"))
+
+
+def encode_payload(payload: Any, content_type: str | None = None) -> tuple[bytes, str | None]:
+    """
+    Encode C{payload} as a body; return the body and the content type to send.
+
+    Bytes go as they are; C{str} as UTF-8 text; dicts, lists, numbers, booleans
+    and None as JSON.  An explicit C{content_type} chooses the encoding: a JSON
+    type encodes JSON, C{text/*} encodes text in its charset, and a pickle type
+    pickles (only when asked for by name).
+    """
+    media, charset = _media_type(content_type)
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return bytes(payload), content_type
+    if media:
+        if _is_json(media):
+            return json.dumps(payload, separators=(",", ":")).encode("utf-8"), content_type
+        if media.startswith("text/"):
+            if not isinstance(payload, str):
+                raise TypeError(f"a {media} payload must be str, not {type(payload).__name__}")
+            return payload.encode(charset or "utf-8"), content_type
+        if media in PICKLE_TYPES:
+            return pickle.dumps(payload), content_type
+        raise TypeError(f"cannot encode a {type(payload).__name__} as {content_type}: pass bytes")
+    if isinstance(payload, str):
+        return payload.encode("utf-8"), TEXT
+    if payload is None or isinstance(payload, (dict, list, tuple, int, float, bool)):
+        try:
+            return json.dumps(payload, separators=(",", ":")).encode("utf-8"), JSON
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"payload is not JSON-serialisable: {e}") from None
+    raise TypeError(
+        f"cannot encode a {type(payload).__name__} payload: pass bytes, str, or JSON-able data"
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Message:
+    """
+    A message, as published or as delivered.
+
+    Create one to publish with L{Message.create}; delivered messages carry the
+    delivery facts (C{exchange}, C{routing_key}, C{redelivered}, C{delivery_tag}).
+    """
+
+    body: bytes = b""
+    content_type: str | None = None
+    content_encoding: str | None = None
+    headers: Mapping[str, Any] | None = None
+    delivery_mode: int | None = None
+    priority: int | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    expiration: str | None = None
+    message_id: str | None = None
+    timestamp: _dt.datetime | None = None
+    type: str | None = None
+    user_id: str | None = None
+    app_id: str | None = None
+    cluster_id: str | None = None
+    # delivery facts
+    exchange: str = ""
+    routing_key: str = ""
+    redelivered: bool = False
+    delivery_tag: int | None = None
+    consumer_tag: str | None = None
+    allow_pickle: bool = field(default=False, repr=False)
+
+    @classmethod
+    def create(
+        cls,
+        payload: Any = b"",
+        *,
+        content_type: str | None = None,
+        persistent: bool | None = None,
+        expiration: int | float | str | None = None,
+        timestamp: _dt.datetime | int | float | None = None,
+        **properties: Any,
+    ) -> Message:
+        """
+        A message to publish, with C{payload} encoded by L{encode_payload}.
+
+        @param persistent: True for delivery mode 2 (stored on disk by durable queues).
+        @param expiration: per-message TTL in milliseconds.
+        @param properties: any other basic property by its Pythonic name.
+        """
+        body, ctype = encode_payload(payload, content_type)
+        unknown = set(properties) - _PROPERTY_FIELDS
+        if unknown:
+            raise TypeError(f"unknown message properties: {', '.join(sorted(unknown))}")
+        if persistent is not None:
+            properties["delivery_mode"] = 2 if persistent else 1
+        if expiration is not None:
+            if isinstance(expiration, (int, float)):
+                if expiration < 0:
+                    raise ValueError("expiration must not be negative")
+                expiration = str(int(expiration))
+            properties["expiration"] = expiration
+        if timestamp is not None and not isinstance(timestamp, _dt.datetime):
+            timestamp = _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc)
+        return cls(body=body, content_type=ctype, timestamp=timestamp, **properties)
+
+    @classmethod
+    def from_delivery(
+        cls,
+        body: bytes,
+        properties: Mapping[str, Any],
+        delivery: Mapping[str, Any],
+        *,
+        allow_pickle: bool = False,
+    ) -> Message:
+        """
+        A delivered message from the wire: properties under txmsg's names (as the
+        codec decodes them) and the delivery method's arguments.
+        """
+        props = dict(properties)
+        ts = props.get("timestamp")
+        if ts is not None:
+            props["timestamp"] = _EPOCH + _dt.timedelta(seconds=ts)
+        return cls(
+            body=body,
+            exchange=delivery.get("exchange", ""),
+            routing_key=delivery.get("routing_key", ""),
+            redelivered=delivery.get("redelivered", False),
+            delivery_tag=delivery.get("delivery_tag"),
+            consumer_tag=delivery.get("consumer_tag"),
+            allow_pickle=allow_pickle,
+            **props,
+        )
+
+    @property
+    def persistent(self) -> bool:
+        return self.delivery_mode == 2
+
+    def properties(self) -> dict[str, Any]:
+        """
+        The basic properties as the wire codec takes them (absent ones left out).
+        """
+        out: dict[str, Any] = {}
+        for name in _PROPERTY_NAMES:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name == "timestamp":
+                if value.tzinfo is None:
+                    value = value.replace(tzinfo=_dt.timezone.utc)
+                value = int((value - _EPOCH).total_seconds())
+            elif name == "headers":
+                value = dict(value)
+            out[name] = value
+        return out
+
+    @cached_property
+    def payload(self) -> Any:
+        """
+        The body decoded by content type.
+
+        @raise UndecodableMessage: if the body is not what its content type says,
+            or is pickle and this consumer did not opt in.
+        """
+        media, charset = _media_type(self.content_type)
+        if _is_json(media):
+            try:
+                return json.loads(self.body.decode(charset or "utf-8"))
+            except (UnicodeDecodeError, ValueError, LookupError) as e:
+                raise UndecodableMessage(f"body is not valid JSON: {e}") from None
+        if media.startswith("text/"):
+            return self.text
+        if media in PICKLE_TYPES:
+            if not self.allow_pickle:
+                raise UndecodableMessage(
+                    "refusing to unpickle a message: this consumer did not opt in to pickle"
+                )
+            try:
+                return pickle.loads(self.body)  # noqa: S301 - the consumer opted in
+            except Exception as e:
+                raise UndecodableMessage(f"body is not a valid pickle: {e}") from None
+        return self.body
+
+    @cached_property
+    def text(self) -> str:
+        """
+        The body as text (its charset, else UTF-8).
+
+        @raise UndecodableMessage: if it does not decode.
+        """
+        _, charset = _media_type(self.content_type)
+        try:
+            return self.body.decode(charset or "utf-8")
+        except (UnicodeDecodeError, LookupError) as e:
+            raise UndecodableMessage(f"body is not valid {charset or 'utf-8'} text: {e}") from None
+
+    def replace(self, **changes: Any) -> Message:
+        """
+        A copy with some fields changed.
+        """
+        return replace(self, **changes)
+
+    def __repr__(self) -> str:
+        body = self.body if len(self.body) <= 64 else self.body[:61] + b"..."
+        props = ", ".join(
+            f"{name}={getattr(self, name)!r}" for name in _PROPERTY_NAMES if getattr(self, name) is not None
+        )
+        where = f" from {self.exchange!r}/{self.routing_key!r}" if self.delivery_tag is not None else ""
+        return f"<Message{where} body={body!r}{', ' + props if props else ''}>"
+
+
+_PROPERTY_NAMES = (
+    "content_type", "content_encoding", "headers", "delivery_mode", "priority",
+    "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
+    "user_id", "app_id", "cluster_id",
+)
+_PROPERTY_FIELDS = frozenset(_PROPERTY_NAMES)
+assert _PROPERTY_FIELDS <= {f.name for f in fields(Message)}

@@ -1,0 +1,225 @@
+"""
+Publishing with publisher confirms.
+
+L{Producer.publish} returns a Deferred that fires once the broker has confirmed
+the message.  Confirms are tracked asynchronously and pipelined: many messages
+may be unconfirmed at once, and one C{basic.ack} with C{multiple} settles them all.
+Messages published while the connection is down wait for it; messages that were
+sent but not confirmed when a connection died are published again after the
+reconnect (at-least-once: a consumer may see such a message twice).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict, deque
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txmsg._channel import Channel
+from txmsg._protocol import AMQPProtocol
+from txmsg.connection import Connection
+from txmsg.errors import ChannelError, TxmsgError
+from txmsg.message import Message
+
+
+class Nacked(TxmsgError):
+    """
+    The broker refused the message (C{basic.nack}): it could not take it.
+    """
+
+
+class Unroutable(TxmsgError):
+    """
+    A mandatory message came back: no queue was bound for its routing key.
+    """
+
+    def __init__(self, reply_code: int, reply_text: str, exchange: str, routing_key: str) -> None:
+        self.reply_code = reply_code
+        self.reply_text = reply_text
+        self.exchange = exchange
+        self.routing_key = routing_key
+        super().__init__(
+            f"{reply_code} {reply_text}: no queue for routing key {routing_key!r} "
+            f"on exchange {exchange!r}"
+        )
+
+
+class PublishTimeout(TxmsgError):
+    """
+    The broker did not confirm the message within the publish timeout.
+    """
+
+
+class _Pending:
+    __slots__ = ("exchange", "routing_key", "message", "mandatory", "deferred", "timer", "returned")
+
+    def __init__(self, exchange: str, routing_key: str, message: Message, mandatory: bool) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.message = message
+        self.mandatory = mandatory
+        self.deferred: Deferred[None] = Deferred()
+        self.timer: Any = None
+        self.returned: Unroutable | None = None
+
+
+class Producer:
+    """
+    Publish messages through C{connection}, each confirmed by the broker.
+    """
+
+    _log = Logger()
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._channel: Channel | None = None
+        self._next_tag = 1
+        #: delivery tag -> pending publish, in publish order
+        self._unconfirmed: OrderedDict[int, _Pending] = OrderedDict()
+        #: waiting for a channel
+        self._waiting: deque[_Pending] = deque()
+        self._by_message_id: dict[str, _Pending] = {}
+        connection.add_ready_hook(self._on_ready)
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Any = b"",
+        *,
+        mandatory: bool = False,
+        timeout: float | None = None,
+        **properties: Any,
+    ) -> Deferred[None]:
+        """
+        Publish one message; the Deferred fires when the broker confirmed it.
+
+        @param payload: a L{Message}, or bytes / str / JSON-able data to make one
+            (with C{properties} such as C{persistent=True} or C{headers={...}}).
+        @param mandatory: fail with L{Unroutable} if no queue takes the message.
+        @param timeout: fail with L{PublishTimeout} if unconfirmed after this many
+            seconds (the message may still have reached the broker).
+        """
+        try:
+            message = payload if isinstance(payload, Message) else Message.create(payload, **properties)
+            if isinstance(payload, Message) and properties:
+                message = payload.replace(**properties)
+        except (TypeError, ValueError) as e:
+            return fail(e)
+        if mandatory and message.message_id is None:
+            message = message.replace(message_id=uuid.uuid4().hex)
+        pending = _Pending(exchange, routing_key, message, mandatory)
+        if timeout is not None:
+            pending.timer = self.connection.reactor.callLater(timeout, self._timed_out, pending)
+        channel = self._channel
+        if channel is not None and channel.is_open:
+            self._send(channel, pending)
+        else:
+            self._waiting.append(pending)
+            self.connection.when_ready().addErrback(self._fail_waiting)
+        return pending.deferred
+
+    # ------------------------------------------------------------------
+
+    def _send(self, channel: Channel, pending: _Pending) -> None:
+        tag = self._next_tag
+        self._next_tag = tag + 1
+        self._unconfirmed[tag] = pending
+        if pending.mandatory:
+            self._by_message_id[pending.message.message_id or ""] = pending
+        channel.publish(
+            pending.exchange, pending.routing_key, pending.message.body,
+            pending.message.properties(), pending.mandatory,
+        )
+
+    def _on_ready(self, protocol: AMQPProtocol) -> Deferred[Any]:
+        d = protocol.open_channel()
+
+        def opened(channel: Channel) -> Deferred[Any]:
+            channel.on_confirm = self._confirmed
+            channel.on_return = self._returned
+            channel.when_closed(lambda reason: self._channel_closed(channel, reason))
+            return channel.call("confirm.select").addCallback(lambda _: self._use(channel))
+
+        return d.addCallback(opened)
+
+    def _use(self, channel: Channel) -> None:
+        # Anything sent on the old channel and not confirmed goes out again.
+        resend = list(self._unconfirmed.values()) + list(self._waiting)
+        self._unconfirmed.clear()
+        self._by_message_id.clear()
+        self._waiting.clear()
+        self._channel = channel
+        self._next_tag = 1
+        if resend:
+            self._log.info("publishing {n} unconfirmed messages again", n=len(resend))
+        for pending in resend:
+            if not pending.deferred.called:
+                self._send(channel, pending)
+
+    def _channel_closed(self, channel: Channel, reason: Failure) -> None:
+        if self._channel is channel:
+            self._channel = None
+        if reason.check(ChannelError):
+            # The broker closed the channel because of a publish (e.g. an exchange
+            # that does not exist): those messages fail, the others go again.
+            self._log.warn("publishing channel closed: {error}", error=reason.value)
+            for pending in list(self._unconfirmed.values()):
+                self._settle(pending, reason)
+            self._unconfirmed.clear()
+            protocol = channel.protocol
+            if protocol.is_open:
+                self._on_ready(protocol).addErrback(
+                    lambda f: self._log.failure("reopening the publishing channel", f))
+
+    def _confirmed(self, ack: bool, tag: int, multiple: bool) -> None:
+        unconfirmed = self._unconfirmed
+        if multiple:
+            tags = [t for t in unconfirmed if t <= tag]
+        else:
+            tags = [tag] if tag in unconfirmed else []
+        for t in tags:
+            pending = unconfirmed.pop(t)
+            if pending.mandatory:
+                self._by_message_id.pop(pending.message.message_id or "", None)
+            if pending.returned is not None:
+                self._settle(pending, Failure(pending.returned))
+            elif ack:
+                self._settle(pending, None)
+            else:
+                self._settle(pending, Failure(Nacked(
+                    f"the broker nacked the message to {pending.exchange!r}/{pending.routing_key!r}")))
+
+    def _returned(self, args: dict[str, Any], props: dict[str, Any], body: bytes) -> None:
+        pending = self._by_message_id.get(props.get("message_id") or "")
+        if pending is not None:
+            pending.returned = Unroutable(
+                args["reply_code"], args["reply_text"], args["exchange"], args["routing_key"])
+
+    def _timed_out(self, pending: _Pending) -> None:
+        pending.timer = None
+        if pending in self._waiting:
+            self._waiting.remove(pending)
+        self._settle(pending, Failure(PublishTimeout(
+            f"no confirm for the message to {pending.exchange!r}/{pending.routing_key!r}")))
+
+    def _fail_waiting(self, reason: Failure) -> None:
+        waiting, self._waiting = list(self._waiting), deque()
+        for pending in waiting:
+            self._settle(pending, reason)
+
+    @staticmethod
+    def _settle(pending: _Pending, failure: Failure | None) -> None:
+        if pending.timer is not None and pending.timer.active():
+            pending.timer.cancel()
+        pending.timer = None
+        if pending.deferred.called:
+            return
+        if failure is None:
+            pending.deferred.callback(None)
+        else:
+            pending.deferred.errback(failure)

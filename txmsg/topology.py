@@ -1,0 +1,190 @@
+"""
+Topology as data: exchanges, queues and bindings are small immutable values.
+
+Give them to L{txmsg.connection.Connection.declare}: they are declared at once and
+again after every reconnect.  A server-named queue (L{Queue} with no name) gets a
+new name from the broker on each connection, and bindings that refer to it follow.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Mapping, NamedTuple
+
+from twisted.internet.defer import Deferred
+
+from txmsg._channel import Channel
+
+EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
+
+
+class QueueInfo(NamedTuple):
+    """
+    What queue.declare answered.
+    """
+
+    name: str
+    message_count: int
+    consumer_count: int
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """
+    An exchange: C{type} is direct, fanout, topic, headers or a plugin's type.
+    """
+
+    name: str
+    type: str = "direct"
+    durable: bool = False
+    auto_delete: bool = False
+    internal: bool = False
+    passive: bool = False
+    arguments: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name.startswith("amq."):
+            if not self.passive:
+                raise ValueError(
+                    f"cannot declare exchange {self.name!r}: the default exchange and "
+                    "amq.* names are the broker's (use passive=True to check one exists)"
+                )
+
+    def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[Any]:
+        return channel.call(
+            "exchange.declare",
+            exchange=self.name,
+            type=self.type,
+            passive=self.passive,
+            durable=self.durable,
+            auto_delete=self.auto_delete,
+            internal=self.internal,
+            arguments=dict(self.arguments),
+        ).addCallback(lambda _: self)
+
+    def delete(self, channel: Channel, if_unused: bool = False) -> Deferred[Any]:
+        return channel.call("exchange.delete", exchange=self.name, if_unused=if_unused)
+
+
+@dataclass(frozen=True)
+class Queue:
+    """
+    A queue.  With no name, the broker names it (and names it anew after each
+    reconnect); such a queue is usually C{exclusive}.
+    """
+
+    name: str = ""
+    durable: bool = False
+    exclusive: bool = False
+    auto_delete: bool = False
+    passive: bool = False
+    arguments: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    #: tells server-named queues apart (two server-named queues are two queues)
+    token: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.name and not self.token:
+            object.__setattr__(self, "token", uuid.uuid4().hex)
+
+    @classmethod
+    def quorum(cls, name: str, **arguments: Any) -> Queue:
+        """
+        A durable quorum queue (replicated across a cluster's nodes).
+        """
+        args = {"x-queue-type": "quorum"}
+        args.update({k.replace("_", "-"): v for k, v in arguments.items()})
+        return cls(name, durable=True, arguments=args)
+
+    @property
+    def server_named(self) -> bool:
+        return not self.name
+
+    def resolve(self, names: Mapping[Any, str]) -> str:
+        """
+        The name of this queue on the current connection.
+        """
+        if self.name:
+            return self.name
+        try:
+            return names[self]
+        except KeyError:
+            raise LookupError("this server-named queue has not been declared yet") from None
+
+    def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[QueueInfo]:
+        def declared(result: dict[str, Any]) -> QueueInfo:
+            names[self] = result["queue"]
+            return QueueInfo(result["queue"], result["message_count"], result["consumer_count"])
+
+        return channel.call(
+            "queue.declare",
+            queue=self.name,
+            passive=self.passive,
+            durable=self.durable,
+            exclusive=self.exclusive,
+            auto_delete=self.auto_delete,
+            arguments=dict(self.arguments),
+        ).addCallback(declared)
+
+
+def _name(thing: Queue | Exchange | str, names: Mapping[Any, str]) -> str:
+    if isinstance(thing, Queue):
+        return thing.resolve(names)
+    if isinstance(thing, Exchange):
+        return thing.name
+    return thing
+
+
+@dataclass(frozen=True)
+class Binding:
+    """
+    Route messages from C{exchange} to C{queue} by C{routing_key} (or, for a
+    headers exchange, by C{arguments} with C{x-match}).
+    """
+
+    queue: Queue | str
+    exchange: Exchange | str
+    routing_key: str = ""
+    arguments: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @classmethod
+    def headers(
+        cls, queue: Queue | str, exchange: Exchange | str, match: str = "all", **headers: Any
+    ) -> Binding:
+        """
+        A headers-exchange binding: C{match} is C{"all"} or C{"any"}.
+        """
+        if match not in ("all", "any"):
+            raise ValueError("match must be 'all' or 'any'")
+        return cls(queue, exchange, "", {"x-match": match, **headers})
+
+    def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[Any]:
+        return channel.call(
+            "queue.bind",
+            queue=_name(self.queue, names),
+            exchange=_name(self.exchange, names),
+            routing_key=self.routing_key,
+            arguments=dict(self.arguments),
+        ).addCallback(lambda _: self)
+
+
+@dataclass(frozen=True)
+class ExchangeBinding:
+    """
+    Route messages from exchange C{source} to exchange C{destination} (RabbitMQ's
+    exchange-to-exchange bindings).
+    """
+
+    destination: Exchange | str
+    source: Exchange | str
+    routing_key: str = ""
+    arguments: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[Any]:
+        return channel.call(
+            "exchange.bind",
+            destination=_name(self.destination, names),
+            source=_name(self.source, names),
+            routing_key=self.routing_key,
+            arguments=dict(self.arguments),
+        ).addCallback(lambda _: self)
