@@ -98,8 +98,10 @@ def decode_value(buf: bytes, off: int) -> tuple[Any, int]:
         return _b.unpack_from(buf, off)[0], off + 1
     if kind == 0x42:  # B unsigned 8
         return buf[off], off + 1
-    if kind == 0x73:  # s signed 16
+    if kind == 0x73 or kind == 0x55:  # s (RabbitMQ) or U (pika): signed 16
         return _h.unpack_from(buf, off)[0], off + 2
+    if kind == 0x4C:  # L: signed 64, as RabbitMQ reads it
+        return _q.unpack_from(buf, off)[0], off + 8
     if kind == 0x75:  # u unsigned 16
         return _H.unpack_from(buf, off)[0], off + 2
     if kind == 0x69:  # i unsigned 32

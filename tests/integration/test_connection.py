@@ -1,0 +1,180 @@
+"""
+The connection against the real broker: channel errors stay on their channel,
+a connection the broker closes is replaced with its topology and consumers,
+fatal errors are typed and not retried, and large bodies round-trip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from txmsg import (
+    AuthenticationError,
+    Binding,
+    Connection,
+    Consumer,
+    Exchange,
+    ExchangeBinding,
+    Message,
+    NotFound,
+    PreconditionFailed,
+    Producer,
+    Queue,
+    VhostNotFound,
+)
+
+from .conftest import PikaPeer, close_connection, eventually, unique
+
+pytestmark = pytest.mark.integration
+
+
+@pytest_twisted.ensureDeferred
+async def test_channel_error_fails_only_that_operation(connection: Connection, pika_peer: PikaPeer) -> None:
+    """
+    A 406 (redeclare with other flags) and a 404 (passive declare of a missing
+    queue) fail their operations with errors carrying the reply code and text;
+    the connection and a consumer on another channel live on.
+    """
+    name = unique("iso")
+    await connection.declare(Queue(name))
+    received: list[Message] = []
+    consumer = Consumer(connection, name, received.append)
+    consumer.startService()
+    try:
+        await consumer.wait_consuming()
+        protocol = connection.protocol
+        with pytest.raises(PreconditionFailed) as e406:
+            await connection.declare(Queue(name, durable=True))
+        assert e406.value.reply_code == 406
+        assert "durable" in e406.value.reply_text
+        with pytest.raises(NotFound) as e404:
+            await connection.declare(Queue(unique("missing"), passive=True))
+        assert e404.value.reply_code == 404
+        # the failed declarations are not replayed, the connection is the same one
+        assert connection.protocol is protocol and protocol.is_open
+        assert [q for q in connection.topology if isinstance(q, Queue)] == [Queue(name)]
+        # a fresh channel works, and the consumer on its own channel still gets messages
+        info = await connection.declare(Queue(name))
+        assert info.name == name
+        await pika_peer.publish("", name, b"still here")
+        await eventually(lambda: received)
+        assert received[0].body == b"still here"
+    finally:
+        await consumer.stopService()
+        await pika_peer.delete_queue(name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_closed_connection_is_replaced_with_topology_and_consumer(
+    connection: Connection, pika_peer: PikaPeer
+) -> None:
+    """
+    After rabbitmqctl close_connection, txmsg reconnects, declares its topology
+    again (an exclusive server-named queue gets a new name and its binding
+    follows it), and the consumer resumes: messages published afterwards
+    through the exchange reach it.
+    """
+    exchange = Exchange(unique("x"), "topic", auto_delete=True)
+    queue = Queue(exclusive=True)
+    await connection.declare(exchange, queue, Binding(queue, exchange, "news.#"))
+    old_name = connection.names[queue]
+    received: list[Message] = []
+    consumer = Consumer(connection, queue, received.append)
+    consumer.startService()
+    await consumer.wait_consuming()
+    await pika_peer.publish(exchange.name, "news.before", b"1")
+    await eventually(lambda: len(received) == 1)
+    old_protocol = connection.protocol
+
+    closed = await close_connection(connection.name)
+    assert len(closed) == 1
+    started = time.monotonic()
+    await eventually(lambda: connection.is_connected and connection.protocol is not old_protocol, timeout=15)
+    await eventually(lambda: consumer.channel is not None and consumer.channel.protocol is connection.protocol)
+    reconnect = time.monotonic() - started
+    new_name = connection.names[queue]
+    assert new_name != old_name
+    await pika_peer.publish(exchange.name, "news.after", b"2")
+    await eventually(lambda: len(received) == 2)
+    assert [m.body for m in received] == [b"1", b"2"]
+    assert received[1].routing_key == "news.after"
+    assert reconnect < 10
+    await consumer.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_exchange_to_exchange_binding_routes(connection: Connection, pika_peer: PikaPeer) -> None:
+    """
+    An exchange-to-exchange binding (RabbitMQ's exchange.bind extension) routes
+    what the source exchange receives into the destination's queue.
+    """
+    source = Exchange(unique("src"), "fanout", auto_delete=True)
+    dest = Exchange(unique("dst"), "direct", auto_delete=True)
+    queue = Queue(unique("e2e"))
+    await connection.declare(source, dest, queue, Binding(queue, dest, "k"),
+                             ExchangeBinding(dest, source, "k"))
+    try:
+        await Producer(connection).publish(source.name, "k", b"via e2e")
+        got = await pika_peer.get(queue.name)
+        assert [b for _, _, b in got] == [b"via e2e"]
+    finally:
+        await pika_peer.delete_queue(queue.name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_password_is_a_typed_error_not_a_retry_loop() -> None:
+    """
+    Wrong credentials fail when_ready() with AuthenticationError, whose message
+    names the user but never the password, and the connection stops trying.
+    """
+    conn = Connection("amqp://guest:not-the-password@localhost:5672/%2F", reactor=reactor)
+    with pytest.raises(AuthenticationError) as err:
+        await conn.when_ready()
+    assert "guest" in str(err.value)
+    assert "not-the-password" not in str(err.value)
+    await eventually(lambda: not conn.running)
+    with pytest.raises(AuthenticationError):
+        await conn.when_ready()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_vhost_is_a_typed_error() -> None:
+    """
+    An unknown virtual host fails with VhostNotFound naming the vhost.
+    """
+    conn = Connection("amqp://guest:guest@localhost:5672/no-such-vhost", reactor=reactor)
+    with pytest.raises(VhostNotFound) as err:
+        await conn.when_ready()
+    assert "no-such-vhost" in str(err.value)
+    await eventually(lambda: not conn.running)
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_64_mib_body_round_trips(connection: Connection, pika_peer: PikaPeer) -> None:
+    """
+    A 64 MiB message is split into frame_max frames, confirmed, held by the
+    broker, and delivered back with every byte intact.
+    """
+    name = unique("big")
+    await connection.declare(Queue(name))
+    body = hashlib.sha256(b"seed").digest() * (64 * 1024 * 1024 // 32)
+    assert len(body) == 64 * 1024 * 1024
+    received: list[Message] = []
+    try:
+        await Producer(connection).publish("", name, body)
+        assert await pika_peer.depth(name) == 1
+        consumer = Consumer(connection, name, received.append)
+        consumer.startService()
+        await eventually(lambda: received, timeout=60)
+        await consumer.stopService()
+        assert len(received[0].body) == len(body)
+        assert hashlib.sha256(received[0].body).digest() == hashlib.sha256(body).digest()
+    finally:
+        await pika_peer.delete_queue(name)
+

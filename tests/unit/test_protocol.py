@@ -1,0 +1,400 @@
+"""
+AMQPProtocol over a StringTransport with a Clock: the handshake, heartbeats,
+framing of incoming bytes, channels and their errors, with no broker and no
+real time.  The "broker" here is frames this test writes by hand.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from txmsg import _codec
+from txmsg._protocol import AMQPProtocol
+from txmsg.errors import (
+    AuthenticationError,
+    ConnectionClosed,
+    ConnectionLost,
+    NotFound,
+    PreconditionFailed,
+    VhostNotFound,
+)
+from txmsg.url import parse_url
+
+
+def method(channel: int, name: str, **args: Any) -> bytes:
+    return _codec.method_frame(channel, _codec.methods()[name].encode(args))
+
+
+def parse_frames(data: bytes) -> list[tuple[int, int, Any]]:
+    """
+    Split what the client wrote into (type, channel, decoded) frames.
+    """
+    frames = []
+    pos = 0
+    while pos < len(data):
+        ftype, ch, size = struct.unpack_from("!BHI", data, pos)
+        payload = data[pos + 7:pos + 7 + size]
+        assert data[pos + 7 + size] == 0xCE
+        if ftype == 1:
+            ms = _codec.methods().by_key[struct.unpack_from("!HH", payload)]
+            frames.append((ftype, ch, (ms.name, ms.decode(payload, 4))))
+        else:
+            frames.append((ftype, ch, payload))
+        pos += 8 + size
+    return frames
+
+
+class Broker:
+    """
+    Drives one AMQPProtocol through a StringTransport like a broker would.
+    """
+
+    def __init__(self, url: str = "amqp://alice:s3cret@broker:5672/%2Fprod?heartbeat=10") -> None:
+        self.clock = Clock()
+        self.transport = StringTransport()
+        self.protocol = AMQPProtocol(parse_url(url), self.clock, "unit")
+        self.protocol.makeConnection(self.transport)
+        self.ready: list[Any] = []
+        self.failed: list[Any] = []
+        self.protocol.handshake.addCallbacks(self.ready.append, self.failed.append)
+
+    def sent(self) -> list[tuple[int, int, Any]]:
+        data = self.transport.value()
+        self.transport.clear()
+        if data.startswith(b"AMQP"):
+            assert data[:8] == _codec.PROTOCOL_HEADER
+            data = data[8:]
+        return parse_frames(data)
+
+    def feed(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def lose(self) -> None:
+        """
+        The transport closes, as the reactor would after loseConnection or abort.
+        """
+        assert self.transport.disconnecting or self.protocol._close_error is not None
+        self.protocol.connectionLost(ConnectionLost())
+
+    def start(self, mechanisms: bytes = b"PLAIN AMQPLAIN") -> None:
+        self.feed(method(0, "connection.start", version_major=0, version_minor=9,
+                         server_properties={"product": "RabbitMQ"},
+                         mechanisms=mechanisms, locales=b"en_US"))
+
+    def handshake(self, heartbeat: int = 60, frame_max: int = 131072) -> None:
+        self.start()
+        self.feed(method(0, "connection.tune", channel_max=2047, frame_max=frame_max, heartbeat=heartbeat))
+        self.feed(method(0, "connection.open-ok"))
+        self.transport.clear()
+
+
+def test_handshake_sends_credentials_capabilities_and_vhost() -> None:
+    """
+    The client sends the protocol header, answers connection.start with PLAIN
+    credentials and client_properties naming the product and RabbitMQ
+    capabilities, negotiates tune values, opens the percent-decoded vhost, and
+    fires its handshake Deferred on open-ok.
+    """
+    b = Broker()
+    assert b.transport.value() == _codec.PROTOCOL_HEADER
+    b.start()
+    [(_, ch, (name, args))] = b.sent()
+    assert (ch, name) == (0, "connection.start-ok")
+    assert args["mechanism"] == "PLAIN"
+    assert args["response"] == b"\x00alice\x00s3cret"
+    props = args["client_properties"]
+    assert props["product"] == "txmsg" and props["connection_name"] == "unit"
+    for cap in ("publisher_confirms", "consumer_cancel_notify", "basic.nack", "connection.blocked",
+                "exchange_exchange_bindings", "authentication_failure_close"):
+        assert props["capabilities"][cap] is True
+    assert "Python" in props["platform"]
+    b.feed(method(0, "connection.tune", channel_max=0, frame_max=131072, heartbeat=60))
+    [(_, _, (tune_ok, tune)), (_, _, (open_, opened))] = b.sent()
+    assert tune_ok == "connection.tune-ok"
+    assert (tune["channel_max"], tune["frame_max"], tune["heartbeat"]) == (65535, 131072, 10)
+    assert (open_, opened["virtual_host"]) == ("connection.open", "/prod")
+    assert not b.ready
+    b.feed(method(0, "connection.open-ok"))
+    assert b.ready == [b.protocol] and b.protocol.is_open
+
+
+def test_password_never_appears_in_reprs_or_errors() -> None:
+    """
+    The password is sent to the broker but appears in no repr and no error.
+    """
+    b = Broker()
+    b.start()
+    b.feed(method(0, "connection.close", reply_code=403, reply_text="ACCESS_REFUSED - Login was refused",
+                  class_id=0, method_id=0))
+    b.lose()
+    [failure] = b.failed
+    assert failure.check(AuthenticationError)
+    assert "s3cret" not in str(failure.value)
+    assert "s3cret" not in repr(b.protocol.params)
+    assert "alice" in str(failure.value)
+
+
+def test_refused_login_is_authentication_error() -> None:
+    """
+    connection.close 403 during the handshake becomes AuthenticationError and
+    the client answers close-ok.
+    """
+    b = Broker()
+    b.start()
+    b.sent()
+    b.feed(method(0, "connection.close", reply_code=403, reply_text="ACCESS_REFUSED", class_id=10, method_id=11))
+    assert [name for _, _, (name, _) in b.sent()] == ["connection.close-ok"]
+    assert b.transport.disconnecting
+    b.lose()
+    assert b.failed[0].check(AuthenticationError)
+
+
+def test_unknown_vhost_is_vhost_not_found() -> None:
+    """
+    connection.close 530 in reply to connection.open becomes VhostNotFound.
+    """
+    b = Broker()
+    b.start()
+    b.feed(method(0, "connection.tune", channel_max=0, frame_max=131072, heartbeat=60))
+    b.feed(method(0, "connection.close", reply_code=530, reply_text="NOT_ALLOWED - vhost /prod not found",
+                  class_id=10, method_id=40))
+    b.lose()
+    assert b.failed[0].check(VhostNotFound)
+    assert "/prod" in str(b.failed[0].value)
+
+
+def test_no_plain_mechanism_is_authentication_error() -> None:
+    """
+    A broker that offers no PLAIN mechanism is refused with a clear error.
+    """
+    b = Broker()
+    b.start(mechanisms=b"EXTERNAL")
+    b.lose()
+    assert b.failed[0].check(AuthenticationError)
+
+
+def test_handshake_timeout_aborts() -> None:
+    """
+    A peer that accepts TCP but never completes the handshake is abandoned
+    after connection_timeout seconds.
+    """
+    b = Broker("amqp://guest:guest@h/?connection_timeout=3")
+    b.clock.advance(2.9)
+    assert not b.transport.disconnecting
+    b.clock.advance(0.2)
+    b.lose()
+    assert b.failed[0].check(ConnectionLost)
+    assert "within 3 s" in str(b.failed[0].value)
+
+
+def test_heartbeats_sent_when_idle_and_silent_peer_detected_within_two_intervals() -> None:
+    """
+    With a 10 s heartbeat the client sends heartbeat frames when it has written
+    nothing, and aborts the connection once the broker was silent for more
+    than 1.5 and at most 2 intervals.
+    """
+    b = Broker()
+    b.handshake(heartbeat=10)
+    assert b.protocol.heartbeat == 10
+    b.clock.advance(5)
+    assert b.transport.value() == b""  # the handshake just wrote, so no heartbeat yet
+    b.clock.advance(5)
+    assert b.transport.value() == _codec.HEARTBEAT_FRAME
+    b.transport.clear()
+    b.feed(_codec.HEARTBEAT_FRAME)  # broker alive at t=10
+    b.clock.advance(5)  # t=15: saw data
+    b.clock.advance(5)  # t=20: silent tick 1
+    b.clock.advance(5)  # t=25: silent tick 2
+    assert b.protocol._close_error is None
+    b.clock.advance(5)  # t=30: silent tick 3: 20 s after the last data at most
+    assert b.protocol._close_error is not None
+    assert "heartbeat" in str(b.protocol._close_error)
+
+
+def test_heartbeat_not_sent_while_writing() -> None:
+    """
+    A client that keeps writing sends no heartbeat frames; a broker that keeps
+    sending is never declared dead.
+    """
+    b = Broker()
+    b.handshake(heartbeat=10)
+    channel_d = b.protocol.open_channel()
+    b.feed(method(1, "channel.open-ok"))
+    channel = channel_d.result
+    for _ in range(20):
+        channel.ack(1)
+        b.feed(_codec.HEARTBEAT_FRAME)
+        b.clock.advance(5)
+    assert _codec.HEARTBEAT_FRAME not in b.transport.value()
+    assert b.protocol._close_error is None
+
+
+def test_frames_parse_when_fed_one_byte_at_a_time() -> None:
+    """
+    A delivery whose frames arrive one byte at a time is assembled exactly as
+    when it arrives at once: non-ASCII bytes stay bytes and are counted as bytes.
+    """
+    b = Broker()
+    b.handshake(frame_max=4096)
+    channel_d = b.protocol.open_channel()
+    b.feed(method(1, "channel.open-ok"))
+    channel = channel_d.result
+    got: list[tuple[Any, Any, bytes]] = []
+    channel.consumers["ctag"] = lambda args, props, body: got.append((args, props, body))
+    body = ("é" * 5000).encode()  # 10,000 bytes: three body frames at frame_max 4096
+    data = method(1, "basic.deliver", consumer_tag="ctag", delivery_tag=7, redelivered=True,
+                  exchange="ex", routing_key="rk")
+    data += b"".join(_codec.content_frames(1, {"content_type": "text/plain"}, body, 4096))
+    for i in range(len(data)):
+        b.feed(data[i:i + 1])
+    [(args, props, got_body)] = got
+    assert got_body == body
+    assert args["delivery_tag"] == 7 and args["redelivered"] is True
+    assert props == {"content_type": "text/plain"}
+    assert len(b.protocol._buf) == 0
+
+
+def test_bad_frame_end_is_a_protocol_error() -> None:
+    """
+    A frame that does not end with 0xCE aborts the connection as a protocol error.
+    """
+    b = Broker()
+    b.handshake()
+    b.feed(b"\x08\x00\x00\x00\x00\x00\x00\x00")
+    assert "frame-end" in str(b.protocol._close_error)
+
+
+def test_oversized_frame_is_a_protocol_error() -> None:
+    """
+    A frame header announcing more than frame_max bytes aborts at once instead
+    of buffering without bound.
+    """
+    b = Broker()
+    b.handshake(frame_max=4096)
+    b.feed(struct.pack("!BHI", 3, 1, 10_000_000))
+    assert "exceeds frame_max" in str(b.protocol._close_error)
+
+
+def test_channel_errors_fail_the_operation_and_spare_other_channels() -> None:
+    """
+    A channel.close from the broker fails the pending call with the typed error
+    (reply code, text and the offending method), is answered with close-ok,
+    and leaves the other channel and the connection open.
+    """
+    b = Broker()
+    b.handshake()
+    d1 = b.protocol.open_channel()
+    d2 = b.protocol.open_channel()
+    b.feed(method(1, "channel.open-ok") + method(2, "channel.open-ok"))
+    ch1, ch2 = d1.result, d2.result
+    assert (ch1.id, ch2.id) == (1, 2)
+    b.transport.clear()
+    failures: list[Any] = []
+    ch1.call("queue.declare", queue="q", passive=True).addErrback(failures.append)
+    b.feed(method(1, "channel.close", reply_code=404, reply_text="NOT_FOUND - no queue 'q'",
+                  class_id=50, method_id=10))
+    [failure] = failures
+    assert failure.check(NotFound)
+    assert failure.value.reply_code == 404 and failure.value.method == "queue.declare"
+    sent = [(ch, name) for _, ch, (name, _) in b.sent()]
+    assert sent == [(1, "queue.declare"), (1, "channel.close-ok")]
+    assert not ch1.is_open and ch2.is_open and b.protocol.is_open
+    assert 1 not in b.protocol.channels
+    results: list[Any] = []
+    ch2.call("queue.declare", queue="q2").addCallback(results.append)
+    b.feed(method(2, "queue.declare-ok", queue="q2", message_count=3, consumer_count=0))
+    assert results[0]["message_count"] == 3
+    d3 = b.protocol.open_channel()
+    b.feed(method(3, "channel.open-ok"))
+    assert d3.result.id == 3
+
+
+def test_pipelined_calls_resolve_in_order() -> None:
+    """
+    Several synchronous calls in flight on one channel resolve with their own
+    replies, in order; a 406 fails the pending ones.
+    """
+    b = Broker()
+    b.handshake()
+    d = b.protocol.open_channel()
+    b.feed(method(1, "channel.open-ok"))
+    ch = d.result
+    results: list[Any] = []
+    ch.call("queue.declare", queue="a").addBoth(results.append)
+    ch.call("queue.declare", queue="b").addBoth(results.append)
+    ch.call("queue.declare", queue="c").addBoth(results.append)
+    b.feed(method(1, "queue.declare-ok", queue="a", message_count=1, consumer_count=0))
+    b.feed(method(1, "channel.close", reply_code=406, reply_text="PRECONDITION_FAILED", class_id=50, method_id=10))
+    assert results[0]["queue"] == "a"
+    assert results[1].check(PreconditionFailed) and results[2].check(PreconditionFailed)
+
+
+def test_connection_blocked_and_unblocked_are_tracked() -> None:
+    """
+    connection.blocked sets the blocked reason; unblocked clears it and tells
+    the flow listeners.
+    """
+    b = Broker()
+    b.handshake()
+    calls: list[int] = []
+    b.protocol.flow_listeners.append(lambda: calls.append(1))
+    b.feed(method(0, "connection.blocked", reason="low on memory"))
+    assert b.protocol.blocked == "low on memory"
+    b.feed(method(0, "connection.unblocked"))
+    assert b.protocol.blocked is None and calls == [1]
+
+
+def test_forced_close_fails_channels_with_connection_closed() -> None:
+    """
+    A connection.close from the broker after the handshake (e.g. rabbitmqctl
+    close_connection) fails open channels with ConnectionClosed and its code.
+    """
+    b = Broker()
+    b.handshake()
+    d = b.protocol.open_channel()
+    b.feed(method(1, "channel.open-ok"))
+    ch = d.result
+    pending: list[Any] = []
+    ch.call("queue.declare", queue="x").addErrback(pending.append)
+    b.feed(method(0, "connection.close", reply_code=320, reply_text="CONNECTION_FORCED", class_id=0, method_id=0))
+    b.lose()
+    assert pending[0].check(ConnectionClosed)
+    assert pending[0].value.reply_code == 320
+    assert not ch.is_open
+
+
+def test_publish_frames_split_to_negotiated_frame_max() -> None:
+    """
+    channel.publish writes the method, header and body frames, the body split
+    to the negotiated frame_max.
+    """
+    b = Broker()
+    b.handshake(frame_max=4096)
+    d = b.protocol.open_channel()
+    b.feed(method(1, "channel.open-ok"))
+    b.transport.clear()
+    body = b"x" * 10000
+    d.result.publish("ex", "rk", body, {"delivery_mode": 2}, mandatory=True)
+    frames = parse_frames(b.transport.value())
+    assert frames[0][2][0] == "basic.publish" and frames[0][2][1]["mandatory"] is True
+    assert frames[1][0] == 2
+    bodies = [payload for ftype, _, payload in frames if ftype == 3]
+    assert b"".join(bodies) == body
+    assert all(len(p) + 8 <= 4096 for p in bodies)
+
+
+@pytest.mark.parametrize("client, server, expected", [(60, 30, 30), (0, 30, 0), (10, 0, 10), (5, 60, 5)])
+def test_heartbeat_negotiation(client: int, server: int, expected: int) -> None:
+    """
+    The heartbeat is the smaller of both sides' non-zero values; a client
+    asking for 0 disables heartbeats.
+    """
+    b = Broker(f"amqp://guest:guest@h/?heartbeat={client}")
+    b.start()
+    b.feed(method(0, "connection.tune", channel_max=0, frame_max=131072, heartbeat=server))
+    assert b.protocol.heartbeat == expected
