@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from txmsg import _codec
 from txmsg._protocol import AMQPProtocol
@@ -79,7 +80,7 @@ class Broker:
         The transport closes, as the reactor would after loseConnection or abort.
         """
         assert self.transport.disconnecting or self.protocol._close_error is not None
-        self.protocol.connectionLost(ConnectionLost())
+        self.protocol.connectionLost(Failure(ConnectionLost()))
 
     def start(self, mechanisms: bytes = b"PLAIN AMQPLAIN") -> None:
         self.feed(method(0, "connection.start", version_major=0, version_minor=9,

@@ -1,0 +1,226 @@
+"""
+Connection life cycle without a broker: cluster failover order, backoff across
+failed handshakes, fatal errors that stop retrying, and topology plus ready
+hooks replayed on every new connection.  Endpoints hand the protocol a
+StringTransport; a Clock drives ClientService's retries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.defer import fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from txmsg import AuthenticationError, Connection, Queue
+from txmsg.connection import ClusterEndpoint, NoBrokerAvailable
+from txmsg.errors import ConnectionLost
+
+from .test_protocol import method
+
+
+class FakeParams:
+    def __init__(self, name: str, refuse: bool = False) -> None:
+        self.name = name
+        self.refuse = refuse
+        self.safe_url = f"amqp://guest:***@{name}:5672/"
+        self.attempts = 0
+
+    def endpoint(self, reactor: Any) -> Any:
+        params = self
+
+        class Endpoint:
+            def connect(self, factory: Any) -> Any:
+                params.attempts += 1
+                if params.refuse:
+                    return fail(ConnectionRefusedError(params.name))
+                return succeed(params.name)
+
+        return Endpoint()
+
+
+def test_cluster_endpoint_tries_urls_in_order() -> None:
+    """
+    The first URL that accepts a connection is used; refused ones are skipped.
+    """
+    a, b, c = FakeParams("a", refuse=True), FakeParams("b"), FakeParams("c")
+    ep = ClusterEndpoint([a, b, c], Clock())  # type: ignore[list-item]
+    assert ep.connect(None).result == "b"
+    assert (a.attempts, b.attempts, c.attempts) == (1, 1, 0)
+    assert ep.current is b
+    assert "***" in repr(ep)
+
+
+def test_cluster_endpoint_fails_when_none_answers() -> None:
+    """
+    When every URL refuses, the attempt fails with NoBrokerAvailable naming each.
+    """
+    ep = ClusterEndpoint([FakeParams("a", True), FakeParams("b", True)], Clock())  # type: ignore[list-item]
+    failure = []
+    ep.connect(None).addErrback(failure.append)
+    assert failure[0].check(NoBrokerAvailable)
+    assert "a:5672" in str(failure[0].value) and "b:5672" in str(failure[0].value)
+
+
+class TransportEndpoint:
+    """
+    Connects each attempt to a new StringTransport, like a broker accepting TCP.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.current = connection.params[0]
+        self.protocols: list[Any] = []
+
+    def connect(self, factory: Any) -> Any:
+        proto = factory.buildProtocol(None)
+        proto.makeConnection(StringTransport())
+        self.protocols.append(proto)
+        return succeed(proto)
+
+
+def handshake(proto: Any) -> None:
+    proto.dataReceived(method(0, "connection.start", version_major=0, version_minor=9,
+                              server_properties={}, mechanisms=b"PLAIN", locales=b"en_US"))
+    proto.dataReceived(method(0, "connection.tune", channel_max=0, frame_max=131072, heartbeat=0))
+    proto.dataReceived(method(0, "connection.open-ok"))
+
+
+def lose(proto: Any) -> None:
+    """
+    The transport goes away, as the reactor would report it (through
+    ClientService's protocol proxy).
+    """
+    proto.transport.loseConnection()
+    proto._txmsg_proxy.connectionLost(Failure(ConnectionLost()))
+
+
+def make_connection(clock: Clock) -> tuple[Connection, TransportEndpoint]:
+    conn = Connection("amqp://guest:guest@h1/,amqp://guest:guest@h2/", reactor=clock,
+                      retry_policy=lambda attempt: float(attempt))
+    ep = TransportEndpoint(conn)
+    conn.endpoint = ep  # type: ignore[assignment]
+    original = conn._prepare
+
+    def prepare(proxy: Any) -> Any:
+        proxy._protocol._txmsg_proxy = proxy
+        return original(proxy)
+
+    conn._prepare = prepare  # type: ignore[method-assign]
+    return conn, ep
+
+
+def test_fatal_error_stops_retrying_and_fails_waiters() -> None:
+    """
+    A refused login fails when_ready() with AuthenticationError and the service
+    stops: no further connection attempt is made, however long we wait.
+    """
+    clock = Clock()
+    conn, ep = make_connection(clock)
+    waiter = conn.when_ready()
+    failures: list[Any] = []
+    waiter.addErrback(failures.append)
+    [proto] = ep.protocols
+    proto.dataReceived(method(0, "connection.start", version_major=0, version_minor=9,
+                              server_properties={}, mechanisms=b"PLAIN", locales=b"en_US"))
+    proto.dataReceived(method(0, "connection.close", reply_code=403, reply_text="ACCESS_REFUSED",
+                              class_id=0, method_id=0))
+    lose(proto)
+    assert failures[0].check(AuthenticationError)
+    clock.advance(0)
+    assert not conn.running
+    clock.advance(3600)
+    assert len(ep.protocols) == 1
+    later: list[Any] = []
+    conn.when_ready().addErrback(later.append)
+    assert later[0].check(AuthenticationError)
+
+
+def test_backoff_grows_across_failed_handshakes() -> None:
+    """
+    Connections that drop before the handshake completes count as failures, so
+    the retry delay grows (1 s, 2 s, 3 s with this policy) instead of resetting.
+    """
+    clock = Clock()
+    conn, ep = make_connection(clock)
+    conn.startService()
+    for expected_delay in (1.0, 2.0, 3.0):
+        lose(ep.protocols[-1])
+        count = len(ep.protocols)
+        clock.advance(expected_delay - 0.01)
+        assert len(ep.protocols) == count, f"retried before {expected_delay} s"
+        clock.advance(0.02)
+        assert len(ep.protocols) == count + 1
+
+
+class RecordingQueue:
+    """
+    A declarable that records each declaration (standing in for topology).
+    """
+
+    def __init__(self) -> None:
+        self.declared = 0
+
+    def declare(self, channel: Any, names: dict[Any, str]) -> Any:
+        self.declared += 1
+        return succeed(None)
+
+
+def test_topology_and_hooks_replayed_on_every_connection() -> None:
+    """
+    Declared topology and ready hooks run again, in that order, on each new
+    connection; the ready waiters fire only once the replay is done.
+    """
+    clock = Clock()
+    conn, ep = make_connection(clock)
+    item = RecordingQueue()
+    conn.topology.append(item)  # type: ignore[arg-type]
+    order: list[str] = []
+    conn.add_ready_hook(lambda p: order.append(f"hook{item.declared}"))
+    ready: list[Any] = []
+    conn.when_ready().addCallback(ready.append)
+    proto = ep.protocols[0]
+    handshake(proto)
+    # declare needs a channel: answer channel.open
+    proto.dataReceived(method(1, "channel.open-ok"))
+    assert item.declared == 1 and order == ["hook1"] and ready == [proto._protocol]
+    lose(proto)
+    assert not conn.is_connected
+    clock.advance(1.5)
+    proto2 = ep.protocols[1]
+    handshake(proto2)
+    proto2.dataReceived(method(1, "channel.open-ok"))
+    assert item.declared == 2 and order == ["hook1", "hook2"]
+    assert conn.protocol is proto2._protocol
+
+
+def test_stop_closes_politely() -> None:
+    """
+    stopService sends connection.close and finishes when the broker answers
+    close-ok and the transport closes.
+    """
+    clock = Clock()
+    conn, ep = make_connection(clock)
+    conn.startService()
+    proto = ep.protocols[0]
+    handshake(proto)
+    proto.transport.clear()
+    stopped: list[Any] = []
+    conn.stopService().addCallback(stopped.append)
+    assert b"\x00\x0a\x00\x32" in proto.transport.value()  # connection.close (10, 50)
+    assert not stopped
+    proto.dataReceived(method(0, "connection.close-ok"))
+    lose(proto)
+    assert stopped
+
+
+def test_undeclared_server_named_queue_has_no_name() -> None:
+    """
+    Queue names resolve per connection; an undeclared server-named queue has none.
+    """
+    with pytest.raises(LookupError):
+        Queue(exclusive=True).resolve({})
