@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
+from automat import NoTransition
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
@@ -37,6 +38,52 @@ class Declarable(Protocol):
 
 
 ReadyHook = Callable[[AMQPProtocol], "Deferred[Any] | None"]
+
+
+@implementer(IProtocol)
+class _LostGuard:
+    """
+    Wraps ClientService's protocol proxy.  ClientService has no state transition
+    for a connection lost while it is still connecting or after it stopped (it
+    raises automat's C{NoTransition} from C{connectionLost}, logged as an
+    unhandled error).  txmsg orders its own work so the state is consistent,
+    and this guard keeps that case from surfacing as a traceback.
+    """
+
+    def __init__(self, wrapped: Any) -> None:
+        self._wrapped = wrapped
+
+    def makeConnection(self, transport: Any) -> None:
+        self._wrapped.makeConnection(transport)
+        # the hot path skips the proxies: bytes go straight to the AMQP protocol
+        self.dataReceived = self._wrapped._protocol.dataReceived
+
+    def connectionMade(self) -> None:  # pragma: no cover - makeConnection calls it
+        pass
+
+    def dataReceived(self, data: bytes) -> None:
+        self._wrapped.dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        try:
+            self._wrapped.connectionLost(reason)
+        except NoTransition:
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+
+class _GuardedFactory:
+    def __init__(self, factory: Any) -> None:
+        self._factory = factory
+
+    def buildProtocol(self, addr: Any) -> Any:
+        built = self._factory.buildProtocol(addr)
+        return None if built is None else _LostGuard(built)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._factory, name)
 
 
 class NoBrokerAvailable(ConnectError):
@@ -72,12 +119,13 @@ class ClusterEndpoint:
             self.current = params
             self._log.info("connecting to {url}", url=params.safe_url)
             try:
-                protocol = yield params.endpoint(self.reactor).connect(protocolFactory)
+                protocol = yield params.endpoint(self.reactor).connect(_GuardedFactory(protocolFactory))
             except ConnectError as e:
                 self._log.info("{url} did not answer: {error}", url=params.safe_url, error=e)
                 errors.append(f"{params.safe_url}: {e}")
             else:
-                return protocol
+                # the transport talks to the guard; ClientService gets its own proxy
+                return protocol._wrapped if isinstance(protocol, _LostGuard) else protocol
         raise NoBrokerAvailable(string="; ".join(errors))
 
 
@@ -271,7 +319,8 @@ class Connection(Service):
         failure.  A failed preparation aborts the connection and waits for the loss.
         """
         protocol: AMQPProtocol = getattr(proxy, "_protocol", proxy)
-        done: Deferred[None] = Deferred()
+        # ClientService cancels this when stopped mid-way: drop the connection then.
+        done: Deferred[None] = Deferred(lambda _: protocol.transport.abortConnection())
 
         def finish(_: object = None) -> None:
             if not done.called:
