@@ -9,7 +9,8 @@ Channels are numbered by the protocol, never by the caller.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
@@ -152,10 +153,12 @@ class Channel:
             if self.on_confirm is not None:
                 self.on_confirm(key == _ACK, args["delivery_tag"], args["multiple"])
         elif key == _CLOSE:
-            self.protocol.write(_codec.method_frame(
-                self.id, self._methods.by_name["channel.close-ok"].encode({})))
+            self.protocol.write(
+                _codec.method_frame(self.id, self._methods.by_name["channel.close-ok"].encode({}))
+            )
             err = channel_error(
-                args["reply_code"], args["reply_text"],
+                args["reply_code"],
+                args["reply_text"],
                 _method_name(args["class_id"], args["method_id"]),
             )
             self._closed(Failure(err))
@@ -199,8 +202,9 @@ class Channel:
             if callback is not None:
                 callback(args, props, body)
             else:
-                self._log.warn("channel {id}: delivery for unknown consumer {tag}",
-                               id=self.id, tag=args["consumer_tag"])
+                self._log.warn(
+                    "channel {id}: delivery for unknown consumer {tag}", id=self.id, tag=args["consumer_tag"]
+                )
         elif key == _RETURN:
             if self.on_return is not None:
                 self.on_return(args, props, body)

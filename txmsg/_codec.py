@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import struct
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from txmsg import _spec
 from txmsg.errors import ProtocolError
+
+#: what the decoders read: a frame payload, or the receive buffer itself
+Buf = bytes | bytearray
 
 FRAME_METHOD = 1
 FRAME_HEADER = 2
@@ -51,14 +55,14 @@ _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 # field values and tables
 
 
-def _decode_str(raw: bytes) -> str | bytes:
+def _decode_str(raw: Buf) -> str | bytes:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return bytes(raw)
 
 
-def decode_value(buf: bytes, off: int) -> tuple[Any, int]:
+def decode_value(buf: Buf, off: int) -> tuple[Any, int]:
     """
     Decode one typed field value at C{off}; return it and the offset after it.
     """
@@ -67,7 +71,7 @@ def decode_value(buf: bytes, off: int) -> tuple[Any, int]:
     if kind == 0x53:  # S long string
         (n,) = _L.unpack_from(buf, off)
         off += 4
-        return _decode_str(buf[off:off + n]), off + n
+        return _decode_str(buf[off : off + n]), off + n
     if kind == 0x49:  # I signed 32
         return _l.unpack_from(buf, off)[0], off + 4
     if kind == 0x74:  # t boolean
@@ -115,11 +119,11 @@ def decode_value(buf: bytes, off: int) -> tuple[Any, int]:
     if kind == 0x78:  # x byte array
         (n,) = _L.unpack_from(buf, off)
         off += 4
-        return bytes(buf[off:off + n]), off + n
+        return bytes(buf[off : off + n]), off + n
     raise ProtocolError(f"unknown field value type {chr(kind)!r}")
 
 
-def decode_table(buf: bytes, off: int) -> tuple[dict[str, Any], int]:
+def decode_table(buf: Buf, off: int) -> tuple[dict[str, Any], int]:
     """
     Decode a field table (its 32-bit size first) at C{off}.
     """
@@ -131,7 +135,7 @@ def decode_table(buf: bytes, off: int) -> tuple[dict[str, Any], int]:
     result: dict[str, Any] = {}
     while off < end:
         klen = buf[off]
-        key = buf[off + 1:off + 1 + klen].decode("utf-8", "replace")
+        key = buf[off + 1 : off + 1 + klen].decode("utf-8", "replace")
         off += 1 + klen
         result[key], off = decode_value(buf, off)
     if off != end:
@@ -140,7 +144,7 @@ def decode_table(buf: bytes, off: int) -> tuple[dict[str, Any], int]:
 
 
 def _encode_decimal(value: Decimal, out: list[bytes]) -> None:
-    sign, digits, exponent = value.as_tuple()
+    exponent = value.as_tuple().exponent
     if not isinstance(exponent, int):
         raise ValueError(f"cannot encode {value!r} in a field table")
     scale = max(0, -exponent)
@@ -234,8 +238,17 @@ class MethodSpec:
     """
 
     __slots__ = (
-        "class_id", "method_id", "name", "arg_names", "synchronous", "content",
-        "responses", "key", "_ops", "_defaults", "prefix",
+        "_defaults",
+        "_ops",
+        "arg_names",
+        "class_id",
+        "content",
+        "key",
+        "method_id",
+        "name",
+        "prefix",
+        "responses",
+        "synchronous",
     )
 
     def __init__(self, method: Any) -> None:
@@ -246,13 +259,18 @@ class MethodSpec:
         self.arg_names: tuple[str, ...] = tuple(_spec._txspec.pythonize(f.name) for f in method.fields)
         self.synchronous: bool = bool(method.synchronous)
         self.content: bool = bool(method.content)
-        self.responses: tuple[tuple[int, int], ...] = tuple(
-            (r.klass.id, r.id) for r in method.responses
-        )
+        self.responses: tuple[tuple[int, int], ...] = tuple((r.klass.id, r.id) for r in method.responses)
         self._ops: tuple[str, ...] = tuple(f.type for f in method.fields)
         self._defaults = {
-            "bit": False, "octet": 0, "short": 0, "long": 0, "longlong": 0, "timestamp": 0,
-            "shortstr": "", "longstr": b"", "table": None,
+            "bit": False,
+            "octet": 0,
+            "short": 0,
+            "long": 0,
+            "longlong": 0,
+            "timestamp": 0,
+            "shortstr": "",
+            "longstr": b"",
+            "table": None,
         }
         self.prefix = _HH.pack(self.class_id, self.method_id)
 
@@ -265,8 +283,8 @@ class MethodSpec:
         """
         out = [self.prefix]
         bits: list[bool] = []
-        for name, op in zip(self.arg_names, self._ops):
-            value = kwargs.get(name)
+        for name, op in zip(self.arg_names, self._ops, strict=True):
+            value: Any = kwargs.get(name)
             if value is None:
                 value = self._defaults[op]
             if op == "bit":
@@ -295,14 +313,14 @@ class MethodSpec:
             out.append(_pack_bits(bits))
         return b"".join(out)
 
-    def decode(self, buf: bytes, off: int) -> dict[str, Any]:
+    def decode(self, buf: Buf, off: int) -> dict[str, Any]:
         """
         Decode this method's arguments, starting after the class and method ids.
         """
         args: dict[str, Any] = {}
         bitbyte = 0
         bitpos = 8
-        for name, op in zip(self.arg_names, self._ops):
+        for name, op in zip(self.arg_names, self._ops, strict=True):
             if op == "bit":
                 if bitpos == 8:
                     bitbyte = buf[off]
@@ -314,7 +332,7 @@ class MethodSpec:
             bitpos = 8
             if op == "shortstr":
                 n = buf[off]
-                args[name] = buf[off + 1:off + 1 + n].decode("utf-8", "surrogateescape")
+                args[name] = buf[off + 1 : off + 1 + n].decode("utf-8", "surrogateescape")
                 off += 1 + n
             elif op == "short":
                 args[name] = _H.unpack_from(buf, off)[0]
@@ -332,7 +350,7 @@ class MethodSpec:
                 args[name], off = decode_table(buf, off)
             elif op == "longstr":
                 (n,) = _L.unpack_from(buf, off)
-                args[name] = bytes(buf[off + 4:off + 4 + n])
+                args[name] = bytes(buf[off + 4 : off + 4 + n])
                 off += 4 + n
         return args
 
@@ -394,38 +412,50 @@ _BASIC_DELIVER = (60, 60)
 
 
 def basic_publish_frame(channel: int, exchange: str, routing_key: str, mandatory: bool) -> bytes:
-    payload = b"".join((
-        _BASIC_PUBLISH, encode_shortstr(exchange), encode_shortstr(routing_key),
-        b"\x01" if mandatory else b"\x00",
-    ))
+    payload = b"".join(
+        (
+            _BASIC_PUBLISH,
+            encode_shortstr(exchange),
+            encode_shortstr(routing_key),
+            b"\x01" if mandatory else b"\x00",
+        )
+    )
     return _FRAME_HEAD.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
 
 
 def basic_ack_frame(channel: int, delivery_tag: int, multiple: bool) -> bytes:
     return (
-        b"\x01" + _H.pack(channel) + b"\x00\x00\x00\x0d" + _BASIC_ACK + _Q.pack(delivery_tag)
-        + (b"\x01" if multiple else b"\x00") + FRAME_END_BYTE
+        b"\x01"
+        + _H.pack(channel)
+        + b"\x00\x00\x00\x0d"
+        + _BASIC_ACK
+        + _Q.pack(delivery_tag)
+        + (b"\x01" if multiple else b"\x00")
+        + FRAME_END_BYTE
     )
 
 
-def decode_basic_deliver(buf: bytes, off: int) -> dict[str, Any]:
+def decode_basic_deliver(buf: Buf, off: int) -> dict[str, Any]:
     """
     Fast path for basic.deliver's arguments.
     """
     n = buf[off]
-    consumer_tag = buf[off + 1:off + 1 + n].decode("utf-8", "surrogateescape")
+    consumer_tag = buf[off + 1 : off + 1 + n].decode("utf-8", "surrogateescape")
     off += 1 + n
     (delivery_tag,) = _Q.unpack_from(buf, off)
     redelivered = bool(buf[off + 8] & 1)
     off += 9
     n = buf[off]
-    exchange = buf[off + 1:off + 1 + n].decode("utf-8", "surrogateescape")
+    exchange = buf[off + 1 : off + 1 + n].decode("utf-8", "surrogateescape")
     off += 1 + n
     n = buf[off]
-    routing_key = buf[off + 1:off + 1 + n].decode("utf-8", "surrogateescape")
+    routing_key = buf[off + 1 : off + 1 + n].decode("utf-8", "surrogateescape")
     return {
-        "consumer_tag": consumer_tag, "delivery_tag": delivery_tag, "redelivered": redelivered,
-        "exchange": exchange, "routing_key": routing_key,
+        "consumer_tag": consumer_tag,
+        "delivery_tag": delivery_tag,
+        "redelivered": redelivered,
+        "exchange": exchange,
+        "routing_key": routing_key,
     }
 
 
@@ -434,16 +464,39 @@ def decode_basic_deliver(buf: bytes, off: int) -> dict[str, Any]:
 
 #: txmsg's names for the basic class's properties, in the spec's order.
 PROPERTY_NAMES: tuple[str, ...] = (
-    "content_type", "content_encoding", "headers", "delivery_mode", "priority",
-    "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
-    "user_id", "app_id", "cluster_id",
+    "content_type",
+    "content_encoding",
+    "headers",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "user_id",
+    "app_id",
+    "cluster_id",
 )
 _PROPERTY_TYPES: tuple[str, ...] = (
-    "shortstr", "shortstr", "table", "octet", "octet", "shortstr", "shortstr",
-    "shortstr", "shortstr", "timestamp", "shortstr", "shortstr", "shortstr", "shortstr",
+    "shortstr",
+    "shortstr",
+    "table",
+    "octet",
+    "octet",
+    "shortstr",
+    "shortstr",
+    "shortstr",
+    "shortstr",
+    "timestamp",
+    "shortstr",
+    "shortstr",
+    "shortstr",
+    "shortstr",
 )
 _PROPERTY_FLAGS = tuple(1 << (15 - i) for i in range(len(PROPERTY_NAMES)))
-_PROPS = tuple(zip(PROPERTY_NAMES, _PROPERTY_TYPES, _PROPERTY_FLAGS))
+_PROPS = tuple(zip(PROPERTY_NAMES, _PROPERTY_TYPES, _PROPERTY_FLAGS, strict=True))
 
 
 def _check_property_order() -> None:
@@ -480,7 +533,7 @@ def content_header_frame(channel: int, body_size: int, props: dict[str, Any]) ->
     return _FRAME_HEAD.pack(FRAME_HEADER, channel, len(payload)) + payload + FRAME_END_BYTE
 
 
-def decode_content_header(buf: bytes, off: int) -> tuple[int, dict[str, Any]]:
+def decode_content_header(buf: Buf, off: int) -> tuple[int, dict[str, Any]]:
     """
     Decode a content header payload; return the body size and the properties.
     """
@@ -499,7 +552,7 @@ def decode_content_header(buf: bytes, off: int) -> tuple[int, dict[str, Any]]:
             continue
         if kind == "shortstr":
             n = buf[off]
-            props[name] = buf[off + 1:off + 1 + n].decode("utf-8", "surrogateescape")
+            props[name] = buf[off + 1 : off + 1 + n].decode("utf-8", "surrogateescape")
             off += 1 + n
         elif kind == "octet":
             props[name] = buf[off]
@@ -518,15 +571,13 @@ def body_frames(channel: int, body: bytes, frame_max: int) -> Iterable[bytes]:
     """
     chunk = frame_max - FRAME_OVERHEAD
     for start in range(0, len(body), chunk):
-        piece = body[start:start + chunk]
+        piece = body[start : start + chunk]
         yield _FRAME_HEAD.pack(FRAME_BODY, channel, len(piece))
         yield piece
         yield FRAME_END_BYTE
 
 
-def content_frames(
-    channel: int, props: dict[str, Any], body: bytes, frame_max: int
-) -> list[bytes]:
+def content_frames(channel: int, props: dict[str, Any], body: bytes, frame_max: int) -> list[bytes]:
     """
     The header frame then the body frames of one message, as a list of byte strings.
     """
@@ -539,4 +590,3 @@ def content_frames(
         else:
             parts.extend(body_frames(channel, body, frame_max))
     return parts
-

@@ -11,7 +11,8 @@ heartbeats use one timer per half interval rather than one reschedule per frame.
 from __future__ import annotations
 
 import platform
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -87,7 +88,7 @@ def _negotiate(client: int, server: int) -> int:
     return min(client, server)
 
 
-class AMQPProtocol(FrameReceiver):  # type: ignore[misc]
+class AMQPProtocol(FrameReceiver):
     """
     One AMQP connection.
 
@@ -181,7 +182,7 @@ class AMQPProtocol(FrameReceiver):  # type: ignore[misc]
                 if ftype == 3:
                     channel = channels.get(ch)
                     if channel is not None:
-                        channel.body_received(bytes(buf[pos + 7:end]))
+                        channel.body_received(bytes(buf[pos + 7 : end]))
                 elif ftype == 1:
                     key = _HH.unpack_from(buf, pos + 7)
                     ms = by_key.get(key)
@@ -213,7 +214,7 @@ class AMQPProtocol(FrameReceiver):  # type: ignore[misc]
             if pos:
                 del buf[:pos]
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionLost())) -> None:  # type: ignore[assignment]  # noqa: B008
+    def connectionLost(self, reason: Failure = Failure(ConnectionLost())) -> None:  # noqa: B008
         self.lost = True
         self.is_open = False
         for call in (self._hb_call, self._handshake_timeout):
@@ -228,8 +229,7 @@ class AMQPProtocol(FrameReceiver):  # type: ignore[misc]
                 error = ConnectionLost("connection closed by the client")
             else:
                 error = ConnectionLost(
-                    f"connection to {self.params.host}:{self.params.port} lost: "
-                    f"{reason.getErrorMessage()}"
+                    f"connection to {self.params.host}:{self.params.port} lost: {reason.getErrorMessage()}"
                 )
         failure = Failure(error)
         if not self.handshake.called:
@@ -287,15 +287,18 @@ class AMQPProtocol(FrameReceiver):  # type: ignore[misc]
             self.transport.loseConnection()
         elif key == _CONN_BLOCKED:
             self.blocked = args.get("reason") or "blocked"
-            self._log.warn("broker {host} blocked publishing: {reason}",
-                           host=self.params.host, reason=self.blocked)
+            self._log.warn(
+                "broker {host} blocked publishing: {reason}", host=self.params.host, reason=self.blocked
+            )
         elif key == _CONN_UNBLOCKED:
             self.blocked = None
             self._log.info("broker {host} unblocked publishing", host=self.params.host)
             for listener in list(self.flow_listeners):
                 listener()
         elif key == _CONN_SECURE:
-            self._close_error = AuthenticationError("the broker asked for a SASL challenge txmsg does not support")
+            self._close_error = AuthenticationError(
+                "the broker asked for a SASL challenge txmsg does not support"
+            )
             self.transport.abortConnection()
         elif key == _CONN_UPDATE_SECRET_OK:
             pass
@@ -327,7 +330,9 @@ class AMQPProtocol(FrameReceiver):  # type: ignore[misc]
         self.heartbeat = 0 if client_hb == 0 else _negotiate(client_hb, args["heartbeat"])
         self._send_method(
             "connection.tune-ok",
-            channel_max=self.channel_max, frame_max=self.frame_max, heartbeat=self.heartbeat,
+            channel_max=self.channel_max,
+            frame_max=self.frame_max,
+            heartbeat=self.heartbeat,
         )
         self._send_method("connection.open", virtual_host=self.params.vhost)
         if self.heartbeat:
@@ -357,8 +362,9 @@ class AMQPProtocol(FrameReceiver):  # type: ignore[misc]
             )
         else:
             error = ConnectionClosed(code, text)
-        self._log.warn("broker {host} closed the connection: {code} {text}",
-                       host=self.params.host, code=code, text=text)
+        self._log.warn(
+            "broker {host} closed the connection: {code} {text}", host=self.params.host, code=code, text=text
+        )
         self._close_error = error
         self.transport.loseConnection()
 
@@ -374,7 +380,8 @@ class AMQPProtocol(FrameReceiver):  # type: ignore[misc]
             if self._missed >= MISSED_TICKS:
                 self._log.warn(
                     "no data from {host} for {silence:g} s (heartbeat {hb} s): connection dead",
-                    host=self.params.host, silence=self._missed * self.heartbeat / 2,
+                    host=self.params.host,
+                    silence=self._missed * self.heartbeat / 2,
                     hb=self.heartbeat,
                 )
                 self._hb_call = None
@@ -437,8 +444,9 @@ class AMQPProtocol(FrameReceiver):  # type: ignore[misc]
         if self._closing is None:
             self._closing = Deferred()
             if self.is_open or self._started:
-                self._send_method("connection.close", reply_code=200, reply_text="goodbye",
-                                  class_id=0, method_id=0)
+                self._send_method(
+                    "connection.close", reply_code=200, reply_text="goodbye", class_id=0, method_id=0
+                )
                 abort = self.clock.callLater(timeout, self.transport.abortConnection)
                 self._closing.addBoth(lambda r: abort.cancel() if abort.active() else None)
             else:
@@ -461,9 +469,8 @@ def _is_tls_error(reason: Failure) -> bool:
 
 def _tls_text(reason: Failure) -> str:
     value = reason.value
-    args = getattr(value, "args", ())
+    args: Any = getattr(value, "args", ())
     try:
         return "; ".join(str(x[2]) for x in args[0]) or str(value)
-    except Exception:
+    except (IndexError, TypeError):
         return str(value)
-

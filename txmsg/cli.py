@@ -40,9 +40,14 @@ def publish(reactor: Any, args: argparse.Namespace) -> Any:
     try:
         producer = Producer(connection)
         for body in args.bodies:
-            yield producer.publish(args.exchange, args.routing_key, body,
-                                   persistent=args.persistent or None, mandatory=args.mandatory,
-                                   timeout=30)
+            yield producer.publish(
+                args.exchange,
+                args.routing_key,
+                body,
+                persistent=args.persistent or None,
+                mandatory=args.mandatory,
+                timeout=30,
+            )
         print(f"published {len(args.bodies)} message(s) to {args.exchange or '(default)'}/{args.routing_key}")
     finally:
         yield connection.stopService()

@@ -7,14 +7,15 @@ of producers and consumers) replayed on every reconnect.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, cast
 
 from automat import NoTransition
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -56,7 +57,7 @@ class _LostGuard:
     def makeConnection(self, transport: Any) -> None:
         self._wrapped.makeConnection(transport)
         # the hot path skips the proxies: bytes go straight to the AMQP protocol
-        self.dataReceived = self._wrapped._protocol.dataReceived
+        self.dataReceived = self._wrapped._protocol.dataReceived  # type: ignore[method-assign]
 
     def connectionMade(self) -> None:  # pragma: no cover - makeConnection calls it
         pass
@@ -74,6 +75,7 @@ class _LostGuard:
         return getattr(self._wrapped, name)
 
 
+@implementer(IProtocolFactory)
 class _GuardedFactory:
     def __init__(self, factory: Any) -> None:
         self._factory = factory
@@ -168,7 +170,7 @@ class Connection(Service):
             reactor = _reactor
         self.reactor = reactor
         self.params = parse_urls(urls)
-        self.name = name
+        self.name = name  # type: ignore[assignment]  # Service declares it None
         self.endpoint = ClusterEndpoint(self.params, reactor)
         self._policy = retry_policy or backoffPolicy(initialDelay=0.5, maxDelay=30.0)
         self._failures = 0
@@ -318,7 +320,7 @@ class Connection(Service):
         ClientService cannot take a connection lost while preparing it as a
         failure.  A failed preparation aborts the connection and waits for the loss.
         """
-        protocol: AMQPProtocol = getattr(proxy, "_protocol", proxy)
+        protocol = cast(AMQPProtocol, getattr(proxy, "_protocol", proxy))
         # ClientService cancels this when stopped mid-way: drop the connection then.
         done: Deferred[None] = Deferred(lambda _: protocol.transport.abortConnection())
 
@@ -347,8 +349,11 @@ class Connection(Service):
                 self._fail_waiters(reason)
                 self.reactor.callLater(0, self._stop_after_fatal)
             else:
-                self._log.info("connection to {url} failed: {error}",
-                               url=protocol.params.safe_url, error=reason.getErrorMessage())
+                self._log.info(
+                    "connection to {url} failed: {error}",
+                    url=protocol.params.safe_url,
+                    error=reason.getErrorMessage(),
+                )
             if not protocol.lost:
                 protocol.transport.abortConnection()
 
@@ -371,8 +376,11 @@ class Connection(Service):
 
     def _lost(self, reason: Failure) -> None:
         if self.protocol is not None and self.protocol.lost:
-            self._log.warn("connection to {url} lost: {error}",
-                           url=self.protocol.params.safe_url, error=reason.getErrorMessage())
+            self._log.warn(
+                "connection to {url} lost: {error}",
+                url=self.protocol.params.safe_url,
+                error=reason.getErrorMessage(),
+            )
             self.protocol = None
             self._control = None
 
@@ -389,4 +397,4 @@ class Connection(Service):
             w.errback(reason)
 
 
-__all__ = ["Connection", "ClusterEndpoint", "Declarable", "NoBrokerAvailable", "TxmsgError"]
+__all__ = ["ClusterEndpoint", "Connection", "Declarable", "NoBrokerAvailable", "TxmsgError"]

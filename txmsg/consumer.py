@@ -13,7 +13,8 @@ consumer resumes by itself.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Awaitable, Callable, Union
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred, succeed
@@ -27,7 +28,7 @@ from txmsg.errors import TxmsgError, UndecodableMessage
 from txmsg.message import Message
 from txmsg.topology import Queue
 
-Handler = Callable[[Message], Union[Any, Deferred[Any], Awaitable[Any]]]
+Handler = Callable[[Message], Any | Deferred[Any] | Awaitable[Any]]
 
 DEFAULT_PREFETCH = 50
 
@@ -52,7 +53,7 @@ def call_handler(handler: Handler, message: Message) -> Deferred[Any]:
 
     def unwrap(result: Any) -> Any:
         if inspect.isawaitable(result):
-            return ensureDeferred(result)
+            return ensureDeferred(cast(Any, result))
         return result
 
     return d.addCallback(unwrap)
@@ -148,8 +149,9 @@ class Consumer(Service):
         return protocol.open_channel().addCallback(opened)
 
     def _cancelled(self, tag: str) -> None:
-        self._log.warn("the broker cancelled consumer {tag} on {queue} (queue deleted?)",
-                       tag=tag, queue=self.queue)
+        self._log.warn(
+            "the broker cancelled consumer {tag} on {queue} (queue deleted?)", tag=tag, queue=self.queue
+        )
 
     def _deliver(self, channel: Channel, args: dict[str, Any], props: dict[str, Any], body: bytes) -> None:
         message = Message.from_delivery(body, props, args, allow_pickle=self.allow_pickle)
@@ -157,8 +159,12 @@ class Consumer(Service):
         try:
             message.payload  # noqa: B018 - decode before the handler sees it
         except UndecodableMessage as e:
-            self._log.error("rejecting undecodable message {tag} from {queue}: {error}",
-                            tag=tag, queue=self.queue, error=e)
+            self._log.error(
+                "rejecting undecodable message {tag} from {queue}: {error}",
+                tag=tag,
+                queue=self.queue,
+                error=e,
+            )
             channel.reject(tag, requeue=False)
             return
         d = call_handler(self.handler, message)
@@ -173,8 +179,12 @@ class Consumer(Service):
                 elif result.check(Reject):
                     channel.reject(tag, requeue=False)
                 else:
-                    self._log.failure("handler failed on message {tag} from {queue}; rejected",
-                                      result, tag=tag, queue=self.queue)
+                    self._log.failure(
+                        "handler failed on message {tag} from {queue}; rejected",
+                        result,
+                        tag=tag,
+                        queue=self.queue,
+                    )
                     channel.reject(tag, requeue=False)
             else:
                 channel.ack(tag)

@@ -45,7 +45,12 @@ def run(reactor: Any, url: str | None = None) -> Any:
         print(f"  published and confirmed: {payload!r}")
     consumer = Consumer(connection, QUEUE, show, prefetch=10)
     consumer.startService()
-    timeout = reactor.callLater(10, lambda: done.called or done.errback(TxmsgError("timed out")))
+
+    def give_up() -> None:
+        if not done.called:
+            done.errback(TxmsgError("timed out waiting for the messages to come back"))
+
+    timeout = reactor.callLater(10, give_up)
     yield done
     if timeout.active():
         timeout.cancel()

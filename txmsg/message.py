@@ -13,9 +13,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
-from typing import Any, Mapping
+from typing import Any
 
 from txmsg.errors import UndecodableMessage
 
@@ -75,9 +76,7 @@ def encode_payload(payload: Any, content_type: str | None = None) -> tuple[bytes
             return json.dumps(payload, separators=(",", ":")).encode("utf-8"), JSON
         except (TypeError, ValueError) as e:
             raise TypeError(f"payload is not JSON-serialisable: {e}") from None
-    raise TypeError(
-        f"cannot encode a {type(payload).__name__} payload: pass bytes, str, or JSON-able data"
-    )
+    raise TypeError(f"cannot encode a {type(payload).__name__} payload: pass bytes, str, or JSON-able data")
 
 
 @dataclass(frozen=True, eq=False)
@@ -219,7 +218,7 @@ class Message:
                 )
             try:
                 return pickle.loads(self.body)  # noqa: S301 - the consumer opted in
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - unpickling raises anything
                 raise UndecodableMessage(f"body is not a valid pickle: {e}") from None
         return self.body
 
@@ -252,9 +251,20 @@ class Message:
 
 
 _PROPERTY_NAMES = (
-    "content_type", "content_encoding", "headers", "delivery_mode", "priority",
-    "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
-    "user_id", "app_id", "cluster_id",
+    "content_type",
+    "content_encoding",
+    "headers",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "user_id",
+    "app_id",
+    "cluster_id",
 )
 _PROPERTY_FIELDS = frozenset(_PROPERTY_NAMES)
 assert _PROPERTY_FIELDS <= {f.name for f in fields(Message)}

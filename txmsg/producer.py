@@ -43,8 +43,7 @@ class Unroutable(TxmsgError):
         self.exchange = exchange
         self.routing_key = routing_key
         super().__init__(
-            f"{reply_code} {reply_text}: no queue for routing key {routing_key!r} "
-            f"on exchange {exchange!r}"
+            f"{reply_code} {reply_text}: no queue for routing key {routing_key!r} on exchange {exchange!r}"
         )
 
 
@@ -55,7 +54,7 @@ class PublishTimeout(TxmsgError):
 
 
 class _Pending:
-    __slots__ = ("exchange", "routing_key", "message", "mandatory", "deferred", "timer", "returned")
+    __slots__ = ("deferred", "exchange", "mandatory", "message", "returned", "routing_key", "timer")
 
     def __init__(self, exchange: str, routing_key: str, message: Message, mandatory: bool) -> None:
         self.exchange = exchange
@@ -132,8 +131,11 @@ class Producer:
         if pending.mandatory:
             self._by_message_id[pending.message.message_id or ""] = pending
         channel.publish(
-            pending.exchange, pending.routing_key, pending.message.body,
-            pending.message.properties(), pending.mandatory,
+            pending.exchange,
+            pending.routing_key,
+            pending.message.body,
+            pending.message.properties(),
+            pending.mandatory,
         )
 
     def _on_ready(self, protocol: AMQPProtocol) -> Deferred[Any]:
@@ -174,7 +176,8 @@ class Producer:
             protocol = channel.protocol
             if protocol.is_open:
                 self._on_ready(protocol).addErrback(
-                    lambda f: self._log.failure("reopening the publishing channel", f))
+                    lambda f: self._log.failure("reopening the publishing channel", f)
+                )
 
     def _confirmed(self, ack: bool, tag: int, multiple: bool) -> None:
         unconfirmed = self._unconfirmed
@@ -191,21 +194,32 @@ class Producer:
             elif ack:
                 self._settle(pending, None)
             else:
-                self._settle(pending, Failure(Nacked(
-                    f"the broker nacked the message to {pending.exchange!r}/{pending.routing_key!r}")))
+                self._settle(
+                    pending,
+                    Failure(
+                        Nacked(
+                            f"the broker nacked the message to {pending.exchange!r}/{pending.routing_key!r}"
+                        )
+                    ),
+                )
 
     def _returned(self, args: dict[str, Any], props: dict[str, Any], body: bytes) -> None:
         pending = self._by_message_id.get(props.get("message_id") or "")
         if pending is not None:
             pending.returned = Unroutable(
-                args["reply_code"], args["reply_text"], args["exchange"], args["routing_key"])
+                args["reply_code"], args["reply_text"], args["exchange"], args["routing_key"]
+            )
 
     def _timed_out(self, pending: _Pending) -> None:
         pending.timer = None
         if pending in self._waiting:
             self._waiting.remove(pending)
-        self._settle(pending, Failure(PublishTimeout(
-            f"no confirm for the message to {pending.exchange!r}/{pending.routing_key!r}")))
+        self._settle(
+            pending,
+            Failure(
+                PublishTimeout(f"no confirm for the message to {pending.exchange!r}/{pending.routing_key!r}")
+            ),
+        )
 
     def _fail_waiting(self, reason: Failure) -> None:
         waiting, self._waiting = list(self._waiting), deque()

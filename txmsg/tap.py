@@ -34,8 +34,12 @@ def log_message(message: Message) -> None:
         shown: Any = message.payload
     except TxmsgError:
         shown = message.body
-    _log.info("{exchange}/{routing_key}: {payload!r}", exchange=message.exchange or "(default)",
-              routing_key=message.routing_key, payload=shown)
+    _log.info(
+        "{exchange}/{routing_key}: {payload!r}",
+        exchange=message.exchange or "(default)",
+        routing_key=message.routing_key,
+        payload=shown,
+    )
 
 
 class Options(usage.Options):
@@ -82,11 +86,11 @@ def resolve_handler(spec: str) -> Handler:
         handler = reflect.namedAny(dotted)
     except (reflect.ObjectNotFound, reflect.InvalidName, AttributeError, ValueError) as e:
         raise usage.UsageError(f"--handler {spec}: cannot find it ({e})") from None
-    except Exception as e:  # the user's module failed to import
+    except Exception as e:  # noqa: BLE001 - the user's module failed to import
         raise usage.UsageError(f"--handler {spec}: importing it failed: {e!r}") from None
     if not callable(handler):
         raise usage.UsageError(f"--handler {spec}: not callable")
-    return handler  # type: ignore[no-any-return]
+    return handler
 
 
 def makeService(options: Options) -> IService:
@@ -97,5 +101,6 @@ def makeService(options: Options) -> IService:
     queue = Queue(options["queue"], durable=bool(options["durable"]))
     connection.topology.append(queue)
     connection.setServiceParent(top)
-    Consumer(connection, queue, options["handler_callable"], prefetch=options["prefetch"]).setServiceParent(top)
+    consumer = Consumer(connection, queue, options["handler_callable"], prefetch=options["prefetch"])
+    consumer.setServiceParent(top)
     return top

@@ -9,8 +9,9 @@ new name from the broker on each connection, and bindings that refer to it follo
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred
 

@@ -96,16 +96,14 @@ _MAX_SHORT: Final = 65535
 _MIN_FRAME_MAX: Final = 4096
 _MAX_FRAME_MAX: Final = 2**32 - 1
 
-_PASSWORD_MASK: Final = "***"
+_PASSWORD_MASK: Final = "***"  # noqa: S105 - the mask, not a password
 
 _INTEGER = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _URL_SEPARATORS = re.compile(r"[\s,]+")
-_PEM_CERTIFICATE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
-)
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 #: Query parameter names accepted, each with the name it stands for.
 _QUERY_NAMES: Final = {
@@ -120,9 +118,7 @@ _QUERY_NAMES: Final = {
     "server_name_indication": "server_name_indication",
     "verify": "verify",
 }
-_TLS_QUERY_NAMES: Final = frozenset(
-    {"cacertfile", "certfile", "keyfile", "server_name_indication", "verify"}
-)
+_TLS_QUERY_NAMES: Final = frozenset({"cacertfile", "certfile", "keyfile", "server_name_indication", "verify"})
 _VERIFY_VALUES: Final = {"verify_peer": True, "verify_none": False}
 
 
@@ -297,25 +293,16 @@ class ConnectionParameters:
         """
         The body of L{__post_init__}, raising L{_Problem}.
         """
-        if (
-            not isinstance(self.scheme, str)
-            or self.scheme.lower() not in _DEFAULT_PORTS
-        ):
+        if not isinstance(self.scheme, str) or self.scheme.lower() not in _DEFAULT_PORTS:
             object.__setattr__(self, "tls", False)
-            raise _Problem(
-                f"unsupported scheme {self.scheme!r}; expected amqp or amqps"
-            )
+            raise _Problem(f"unsupported scheme {self.scheme!r}; expected amqp or amqps")
         scheme = self.scheme.lower()
         object.__setattr__(self, "scheme", scheme)
         object.__setattr__(self, "tls", scheme == "amqps")
         _check_int("port", self.port, 0, _MAX_SHORT)
         if self.port == 0:
             object.__setattr__(self, "port", _DEFAULT_PORTS[scheme])
-        if (
-            isinstance(self.host, str)
-            and self.host.startswith("[")
-            and self.host.endswith("]")
-        ):
+        if isinstance(self.host, str) and self.host.startswith("[") and self.host.endswith("]"):
             object.__setattr__(self, "host", self.host[1:-1])
         for name in ("host", "vhost", "username", "password"):
             if not isinstance(getattr(self, name), str):
@@ -341,9 +328,7 @@ class ConnectionParameters:
             or not math.isfinite(timeout)
             or timeout <= 0
         ):
-            raise _Problem(
-                f"connection_timeout must be a number of seconds > 0, got {timeout!r}"
-            )
+            raise _Problem(f"connection_timeout must be a number of seconds > 0, got {timeout!r}")
         object.__setattr__(self, "connection_timeout", float(timeout))
         if not isinstance(self.verify, bool):
             raise _Problem(f"verify must be a bool, got {self.verify!r}")
@@ -445,9 +430,7 @@ class ConnectionParameters:
         # The casts are for mypy without a zope.interface plugin.
         tcp = cast(
             IStreamClientEndpoint,
-            HostnameEndpoint(
-                reactor, self.host, self.port, timeout=self.connection_timeout
-            ),
+            HostnameEndpoint(reactor, self.host, self.port, timeout=self.connection_timeout),
         )
         if not self.tls:
             return tcp
@@ -469,9 +452,7 @@ class ConnectionParameters:
         if self.verify:
             trust_root = None
             if self.cafile is not None:
-                trust_root = ssl.trustRootFromCertificates(  # type: ignore[no-untyped-call]
-                    _load_ca_certificates(self.cafile)
-                )
+                trust_root = ssl.trustRootFromCertificates(_load_ca_certificates(self.cafile))
             return ssl.optionsForClientTLS(
                 hostname, trustRoot=trust_root, clientCertificate=client_certificate
             )
@@ -503,9 +484,7 @@ class ConnectionParameters:
             pem = pem + b"\n" + _read_file(self.keyfile)
             source = f"{source} and keyfile {self.keyfile}"
         try:
-            certificate: PrivateCertificate = PrivateCertificate.loadPEM(  # type: ignore[no-untyped-call]
-                pem
-            )
+            certificate: PrivateCertificate = PrivateCertificate.loadPEM(pem)
         except Exception as exc:  # noqa: BLE001 - OpenSSL raises several kinds
             raise ValueError(
                 f"cannot load a client certificate and private key from {source}: {exc}"
@@ -620,9 +599,7 @@ def _parse(text: str) -> ConnectionParameters:
     vhost = "/"
     if slash:
         if "/" in path:
-            raise _Problem(
-                "the vhost must be one path segment; percent-encode '/' as %2F"
-            )
+            raise _Problem("the vhost must be one path segment; percent-encode '/' as %2F")
         vhost = _decode(path, "vhost")
 
     options = _parse_query(query, scheme)
@@ -693,9 +670,7 @@ def _parse_query(query: str, scheme: str) -> dict[str, Any]:
         if canonical in given:
             if given[canonical] == name:
                 raise _Problem(f"query parameter {name!r} given more than once")
-            raise _Problem(
-                f"query parameters {given[canonical]!r} and {name!r} both given"
-            )
+            raise _Problem(f"query parameters {given[canonical]!r} and {name!r} both given")
         if not equals:
             raise _Problem(f"query parameter {name!r} has no value")
         if canonical in _TLS_QUERY_NAMES and scheme != "amqps":
@@ -727,9 +702,7 @@ def _parse_query(query: str, scheme: str) -> dict[str, Any]:
     if "verify" in values:
         verify = _VERIFY_VALUES.get(values["verify"])
         if verify is None:
-            raise _Problem(
-                f"verify must be verify_peer or verify_none, not {values['verify']!r}"
-            )
+            raise _Problem(f"verify must be verify_peer or verify_none, not {values['verify']!r}")
         options["verify"] = verify
     return options
 
@@ -802,6 +775,4 @@ def _load_ca_certificates(path: str) -> list[Certificate]:
     try:
         return [Certificate.loadPEM(block) for block in blocks]
     except Exception as exc:  # noqa: BLE001 - OpenSSL raises several kinds
-        raise ValueError(
-            f"cannot load the certificates in cacertfile {path}: {exc}"
-        ) from None
+        raise ValueError(f"cannot load the certificates in cacertfile {path}: {exc}") from None

@@ -10,7 +10,8 @@ import re
 import shutil
 import subprocess
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pika
 import pytest
@@ -46,8 +47,9 @@ class PikaPeer:
 
         return deferToThread(work)
 
-    def publish(self, exchange: str, routing_key: str, body: bytes,
-                properties: pika.BasicProperties | None = None) -> Deferred[None]:
+    def publish(
+        self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties | None = None
+    ) -> Deferred[None]:
         return self._run(lambda ch: ch.basic_publish(exchange, routing_key, body, properties))
 
     def depth(self, queue: str) -> Deferred[int]:
@@ -56,7 +58,9 @@ class PikaPeer:
         """
         return self._run(lambda ch: ch.queue_declare(queue, passive=True).method.message_count)
 
-    def get(self, queue: str, count: int = 1, timeout: float = 10.0) -> Deferred[list[tuple[Any, Any, bytes]]]:
+    def get(
+        self, queue: str, count: int = 1, timeout: float = 10.0
+    ) -> Deferred[list[tuple[Any, Any, bytes]]]:
         """
         Fetch up to C{count} messages from C{queue}, acking each.
         """
@@ -102,9 +106,7 @@ def connection() -> Iterator[Connection]:
 
 def rabbitmqctl(*args: str) -> str:
     exe = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
-    return subprocess.run(
-        [exe, *args], check=True, capture_output=True, text=True, timeout=60
-    ).stdout
+    return subprocess.run([exe, *args], check=True, capture_output=True, text=True, timeout=60).stdout
 
 
 def connection_pids(connection_name: str) -> list[str]:

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.integration
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "txmsg.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "txmsg.cli", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest_twisted.ensureDeferred

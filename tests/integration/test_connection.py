@@ -95,7 +95,9 @@ async def test_closed_connection_is_replaced_with_topology_and_consumer(
     assert len(closed) == 1
     started = time.monotonic()
     await eventually(lambda: connection.is_connected and connection.protocol is not old_protocol, timeout=15)
-    await eventually(lambda: consumer.channel is not None and consumer.channel.protocol is connection.protocol)
+    await eventually(
+        lambda: consumer.channel is not None and consumer.channel.protocol is connection.protocol
+    )
     reconnect = time.monotonic() - started
     new_name = connection.names[queue]
     assert new_name != old_name
@@ -116,8 +118,9 @@ async def test_exchange_to_exchange_binding_routes(connection: Connection, pika_
     source = Exchange(unique("src"), "fanout", auto_delete=True)
     dest = Exchange(unique("dst"), "direct", auto_delete=True)
     queue = Queue(unique("e2e"))
-    await connection.declare(source, dest, queue, Binding(queue, dest, "k"),
-                             ExchangeBinding(dest, source, "k"))
+    await connection.declare(
+        source, dest, queue, Binding(queue, dest, "k"), ExchangeBinding(dest, source, "k")
+    )
     try:
         await Producer(connection).publish(source.name, "k", b"via e2e")
         got = await pika_peer.get(queue.name)
@@ -177,4 +180,3 @@ async def test_64_mib_body_round_trips(connection: Connection, pika_peer: PikaPe
         assert hashlib.sha256(received[0].body).digest() == hashlib.sha256(body).digest()
     finally:
         await pika_peer.delete_queue(name)
-

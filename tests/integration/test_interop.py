@@ -89,16 +89,34 @@ async def test_headers_of_every_type_from_pika(connection, pika_peer: PikaPeer) 
     consumer.startService()
     try:
         await consumer.wait_consuming()
-        await pika_peer.publish("", name, b"{}", pika.BasicProperties(
-            headers=PIKA_HEADERS, content_type="application/json", priority=3,
-            correlation_id="corr", message_id="mid", app_id="pika-peer",
-            timestamp=1700000000, type="greeting", expiration="60000", delivery_mode=2))
+        await pika_peer.publish(
+            "",
+            name,
+            b"{}",
+            pika.BasicProperties(
+                headers=PIKA_HEADERS,
+                content_type="application/json",
+                priority=3,
+                correlation_id="corr",
+                message_id="mid",
+                app_id="pika-peer",
+                timestamp=1700000000,
+                type="greeting",
+                expiration="60000",
+                delivery_mode=2,
+            ),
+        )
         await eventually(lambda: received)
         msg = received[0]
         expected = dict(PIKA_HEADERS, timestamp=PIKA_HEADERS["timestamp"].replace(tzinfo=dt.timezone.utc))
         assert dict(msg.headers or {}) == expected
         assert (msg.priority, msg.correlation_id, msg.message_id, msg.app_id, msg.type) == (
-            3, "corr", "mid", "pika-peer", "greeting")
+            3,
+            "corr",
+            "mid",
+            "pika-peer",
+            "greeting",
+        )
         assert msg.persistent and msg.expiration == "60000"
         assert msg.timestamp == dt.datetime.fromtimestamp(1700000000, dt.timezone.utc)
         assert msg.payload == {}
@@ -119,8 +137,9 @@ async def test_headers_and_properties_from_txmsg_to_pika(connection, pika_peer: 
     try:
         headers = {"raw": b"\x00\xff", "big": 2**40, "nested": [{"a": [1, None]}], "ok": True}
         await Producer(connection).publish(
-            "", name, {"answer": 42}, headers=headers, correlation_id="c-1", priority=7)
-        [(method, props, body)] = await pika_peer.get(name)
+            "", name, {"answer": 42}, headers=headers, correlation_id="c-1", priority=7
+        )
+        [(_method, props, body)] = await pika_peer.get(name)
         assert body == b'{"answer":42}'
         assert props.content_type == "application/json"
         assert props.headers == headers
@@ -165,9 +184,16 @@ async def test_every_python_header_type_round_trips_through_the_broker(connectio
     name = unique("types")
     await connection.declare(Queue(name, exclusive=True))
     headers = {
-        "bool": True, "int": -5, "int64": -(2**62), "float": 2.718281828, "str": "ünïcode",
-        "bytes": b"\x00\x01\xfe", "none": None, "list": [1, [2.5, "x"], {"k": None}],
-        "dict": {"a": {"b": False}}, "when": dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+        "bool": True,
+        "int": -5,
+        "int64": -(2**62),
+        "float": 2.718281828,
+        "str": "ünïcode",
+        "bytes": b"\x00\x01\xfe",
+        "none": None,
+        "list": [1, [2.5, "x"], {"k": None}],
+        "dict": {"a": {"b": False}},
+        "when": dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
         "dec": Decimal("-0.125"),
     }
     received: list[Message] = []

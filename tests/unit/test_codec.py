@@ -120,8 +120,15 @@ def test_python_types_encode_to_their_field_types() -> None:
     encode to the documented type tag and round-trip.
     """
     cases = {
-        True: b"t", 5: b"I", 2**33: b"l", 1.25: b"d", "s": b"S", b"\x00\xff": b"x",
-        None: b"V", (1, 2): b"A", Decimal("1.5"): b"D",
+        True: b"t",
+        5: b"I",
+        2**33: b"l",
+        1.25: b"d",
+        "s": b"S",
+        b"\x00\xff": b"x",
+        None: b"V",
+        (1, 2): b"A",
+        Decimal("1.5"): b"D",
         dt.datetime(2001, 1, 1, tzinfo=dt.timezone.utc): b"T",
     }
     for value, tag in cases.items():
@@ -160,12 +167,24 @@ def test_method_round_trip_with_packed_bits() -> None:
     internal, no-wait) pack into one octet and decode back.
     """
     ms = _codec.methods()["exchange.declare"]
-    payload = ms.encode({"exchange": "x", "type": "topic", "durable": True, "internal": True,
-                         "arguments": {"alternate-exchange": "ae"}})
+    payload = ms.encode(
+        {
+            "exchange": "x",
+            "type": "topic",
+            "durable": True,
+            "internal": True,
+            "arguments": {"alternate-exchange": "ae"},
+        }
+    )
     args = ms.decode(payload, 4)
     assert args["exchange"] == "x" and args["type"] == "topic"
     assert (args["passive"], args["durable"], args["auto_delete"], args["internal"], args["no_wait"]) == (
-        False, True, False, True, False)
+        False,
+        True,
+        False,
+        True,
+        False,
+    )
     assert args["arguments"] == {"alternate-exchange": "ae"}
 
 
@@ -183,8 +202,15 @@ def test_deliver_fast_path_matches_generic_decoder() -> None:
     The basic.deliver fast path decodes exactly what the generic decoder does.
     """
     ms = _codec.methods()["basic.deliver"]
-    payload = ms.encode({"consumer_tag": "ctag", "delivery_tag": 2**40 + 3, "redelivered": True,
-                         "exchange": "ex", "routing_key": "r.k"})
+    payload = ms.encode(
+        {
+            "consumer_tag": "ctag",
+            "delivery_tag": 2**40 + 3,
+            "redelivered": True,
+            "exchange": "ex",
+            "routing_key": "r.k",
+        }
+    )
     assert _codec.decode_basic_deliver(payload, 4) == ms.decode(payload, 4)
 
 
@@ -193,11 +219,20 @@ def test_properties_round_trip_and_match_pika() -> None:
     All fourteen basic properties encode as pika encodes them and decode back.
     """
     props = {
-        "content_type": "application/json", "content_encoding": "utf-8",
-        "headers": {"a": 1, "b": [True, None]}, "delivery_mode": 2, "priority": 5,
-        "correlation_id": "c1", "reply_to": "amq.rabbitmq.reply-to", "expiration": "60000",
-        "message_id": "m1", "timestamp": 1700000000, "type": "t", "user_id": "guest",
-        "app_id": "app", "cluster_id": "cl",
+        "content_type": "application/json",
+        "content_encoding": "utf-8",
+        "headers": {"a": 1, "b": [True, None]},
+        "delivery_mode": 2,
+        "priority": 5,
+        "correlation_id": "c1",
+        "reply_to": "amq.rabbitmq.reply-to",
+        "expiration": "60000",
+        "message_id": "m1",
+        "timestamp": 1700000000,
+        "type": "t",
+        "user_id": "guest",
+        "app_id": "app",
+        "cluster_id": "cl",
     }
     raw = _codec.encode_properties(props)
     theirs = pika.spec.BasicProperties(**props).encode()
@@ -218,11 +253,11 @@ def test_body_split_to_frame_max() -> None:
     sizes = []
     pieces = []
     while pos < len(frames):
-        ftype, ch, size = struct.unpack_from("!BHI", frames, pos)
+        ftype, _ch, size = struct.unpack_from("!BHI", frames, pos)
         assert frames[pos + 7 + size] == 0xCE
         if ftype == 3:
             sizes.append(size + 8)
-            pieces.append(frames[pos + 7:pos + 7 + size])
+            pieces.append(frames[pos + 7 : pos + 7 + size])
         pos += 8 + size
     assert max(sizes) <= 4096
     assert b"".join(pieces) == body

@@ -84,8 +84,17 @@ class TransportEndpoint:
 
 
 def handshake(proto: Any) -> None:
-    proto.dataReceived(method(0, "connection.start", version_major=0, version_minor=9,
-                              server_properties={}, mechanisms=b"PLAIN", locales=b"en_US"))
+    proto.dataReceived(
+        method(
+            0,
+            "connection.start",
+            version_major=0,
+            version_minor=9,
+            server_properties={},
+            mechanisms=b"PLAIN",
+            locales=b"en_US",
+        )
+    )
     proto.dataReceived(method(0, "connection.tune", channel_max=0, frame_max=131072, heartbeat=0))
     proto.dataReceived(method(0, "connection.open-ok"))
 
@@ -100,8 +109,11 @@ def lose(proto: Any) -> None:
 
 
 def make_connection(clock: Clock) -> tuple[Connection, TransportEndpoint]:
-    conn = Connection("amqp://guest:guest@h1/,amqp://guest:guest@h2/", reactor=clock,
-                      retry_policy=lambda attempt: float(attempt))
+    conn = Connection(
+        "amqp://guest:guest@h1/,amqp://guest:guest@h2/",
+        reactor=clock,
+        retry_policy=lambda attempt: float(attempt),
+    )
     ep = TransportEndpoint(conn)
     conn.endpoint = ep  # type: ignore[assignment]
     original = conn._prepare
@@ -125,10 +137,20 @@ def test_fatal_error_stops_retrying_and_fails_waiters() -> None:
     failures: list[Any] = []
     waiter.addErrback(failures.append)
     [proto] = ep.protocols
-    proto.dataReceived(method(0, "connection.start", version_major=0, version_minor=9,
-                              server_properties={}, mechanisms=b"PLAIN", locales=b"en_US"))
-    proto.dataReceived(method(0, "connection.close", reply_code=403, reply_text="ACCESS_REFUSED",
-                              class_id=0, method_id=0))
+    proto.dataReceived(
+        method(
+            0,
+            "connection.start",
+            version_major=0,
+            version_minor=9,
+            server_properties={},
+            mechanisms=b"PLAIN",
+            locales=b"en_US",
+        )
+    )
+    proto.dataReceived(
+        method(0, "connection.close", reply_code=403, reply_text="ACCESS_REFUSED", class_id=0, method_id=0)
+    )
     lose(proto)
     assert failures[0].check(AuthenticationError)
     clock.advance(0)

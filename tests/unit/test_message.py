@@ -55,9 +55,22 @@ def test_create_sets_properties_under_pythonic_names() -> None:
     their wire values; unknown property names are refused.
     """
     when = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-    m = Message.create({"x": 1}, persistent=True, expiration=1500, timestamp=when, priority=4,
-                       correlation_id="c", reply_to="r", message_id="m", type="t", user_id="guest",
-                       app_id="a", content_encoding="identity", headers={"h": 1}, cluster_id="cl")
+    m = Message.create(
+        {"x": 1},
+        persistent=True,
+        expiration=1500,
+        timestamp=when,
+        priority=4,
+        correlation_id="c",
+        reply_to="r",
+        message_id="m",
+        type="t",
+        user_id="guest",
+        app_id="a",
+        content_encoding="identity",
+        headers={"h": 1},
+        cluster_id="cl",
+    )
     props = m.properties()
     assert props["delivery_mode"] == 2 and m.persistent
     assert props["expiration"] == "1500"
@@ -73,8 +86,10 @@ def test_delivered_message_decodes_properties_and_facts() -> None:
     A delivery builds a Message with its delivery facts and a datetime timestamp.
     """
     m = Message.from_delivery(
-        b'{"n": 1}', {"content_type": "application/json", "timestamp": 0},
-        {"exchange": "x", "routing_key": "rk", "redelivered": True, "delivery_tag": 9, "consumer_tag": "c"})
+        b'{"n": 1}',
+        {"content_type": "application/json", "timestamp": 0},
+        {"exchange": "x", "routing_key": "rk", "redelivered": True, "delivery_tag": 9, "consumer_tag": "c"},
+    )
     assert m.payload == {"n": 1}
     assert (m.exchange, m.routing_key, m.redelivered, m.delivery_tag) == ("x", "rk", True, 9)
     assert m.timestamp == dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -107,8 +122,9 @@ def test_pickle_is_never_unpickled_without_opt_in() -> None:
     refused = Message.from_delivery(body, {"content_type": "application/python-pickle"}, {})
     with pytest.raises(UndecodableMessage, match="opt in"):
         refused.payload
-    allowed = Message.from_delivery(pickle.dumps({"k": 1}), {"content_type": "application/python-pickle"}, {},
-                                    allow_pickle=True)
+    allowed = Message.from_delivery(
+        pickle.dumps({"k": 1}), {"content_type": "application/python-pickle"}, {}, allow_pickle=True
+    )
     assert allowed.payload == {"k": 1}
 
 

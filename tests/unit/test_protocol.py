@@ -39,7 +39,7 @@ def parse_frames(data: bytes) -> list[tuple[int, int, Any]]:
     pos = 0
     while pos < len(data):
         ftype, ch, size = struct.unpack_from("!BHI", data, pos)
-        payload = data[pos + 7:pos + 7 + size]
+        payload = data[pos + 7 : pos + 7 + size]
         assert data[pos + 7 + size] == 0xCE
         if ftype == 1:
             ms = _codec.methods().by_key[struct.unpack_from("!HH", payload)]
@@ -83,9 +83,17 @@ class Broker:
         self.protocol.connectionLost(Failure(ConnectionLost()))
 
     def start(self, mechanisms: bytes = b"PLAIN AMQPLAIN") -> None:
-        self.feed(method(0, "connection.start", version_major=0, version_minor=9,
-                         server_properties={"product": "RabbitMQ"},
-                         mechanisms=mechanisms, locales=b"en_US"))
+        self.feed(
+            method(
+                0,
+                "connection.start",
+                version_major=0,
+                version_minor=9,
+                server_properties={"product": "RabbitMQ"},
+                mechanisms=mechanisms,
+                locales=b"en_US",
+            )
+        )
 
     def handshake(self, heartbeat: int = 60, frame_max: int = 131072) -> None:
         self.start()
@@ -110,8 +118,14 @@ def test_handshake_sends_credentials_capabilities_and_vhost() -> None:
     assert args["response"] == b"\x00alice\x00s3cret"
     props = args["client_properties"]
     assert props["product"] == "txmsg" and props["connection_name"] == "unit"
-    for cap in ("publisher_confirms", "consumer_cancel_notify", "basic.nack", "connection.blocked",
-                "exchange_exchange_bindings", "authentication_failure_close"):
+    for cap in (
+        "publisher_confirms",
+        "consumer_cancel_notify",
+        "basic.nack",
+        "connection.blocked",
+        "exchange_exchange_bindings",
+        "authentication_failure_close",
+    ):
         assert props["capabilities"][cap] is True
     assert "Python" in props["platform"]
     b.feed(method(0, "connection.tune", channel_max=0, frame_max=131072, heartbeat=60))
@@ -130,8 +144,16 @@ def test_password_never_appears_in_reprs_or_errors() -> None:
     """
     b = Broker()
     b.start()
-    b.feed(method(0, "connection.close", reply_code=403, reply_text="ACCESS_REFUSED - Login was refused",
-                  class_id=0, method_id=0))
+    b.feed(
+        method(
+            0,
+            "connection.close",
+            reply_code=403,
+            reply_text="ACCESS_REFUSED - Login was refused",
+            class_id=0,
+            method_id=0,
+        )
+    )
     b.lose()
     [failure] = b.failed
     assert failure.check(AuthenticationError)
@@ -148,7 +170,9 @@ def test_refused_login_is_authentication_error() -> None:
     b = Broker()
     b.start()
     b.sent()
-    b.feed(method(0, "connection.close", reply_code=403, reply_text="ACCESS_REFUSED", class_id=10, method_id=11))
+    b.feed(
+        method(0, "connection.close", reply_code=403, reply_text="ACCESS_REFUSED", class_id=10, method_id=11)
+    )
     assert [name for _, _, (name, _) in b.sent()] == ["connection.close-ok"]
     assert b.transport.disconnecting
     b.lose()
@@ -162,8 +186,16 @@ def test_unknown_vhost_is_vhost_not_found() -> None:
     b = Broker()
     b.start()
     b.feed(method(0, "connection.tune", channel_max=0, frame_max=131072, heartbeat=60))
-    b.feed(method(0, "connection.close", reply_code=530, reply_text="NOT_ALLOWED - vhost /prod not found",
-                  class_id=10, method_id=40))
+    b.feed(
+        method(
+            0,
+            "connection.close",
+            reply_code=530,
+            reply_text="NOT_ALLOWED - vhost /prod not found",
+            class_id=10,
+            method_id=40,
+        )
+    )
     b.lose()
     assert b.failed[0].check(VhostNotFound)
     assert "/prod" in str(b.failed[0].value)
@@ -248,11 +280,18 @@ def test_frames_parse_when_fed_one_byte_at_a_time() -> None:
     got: list[tuple[Any, Any, bytes]] = []
     channel.consumers["ctag"] = lambda args, props, body: got.append((args, props, body))
     body = ("é" * 5000).encode()  # 10,000 bytes: three body frames at frame_max 4096
-    data = method(1, "basic.deliver", consumer_tag="ctag", delivery_tag=7, redelivered=True,
-                  exchange="ex", routing_key="rk")
+    data = method(
+        1,
+        "basic.deliver",
+        consumer_tag="ctag",
+        delivery_tag=7,
+        redelivered=True,
+        exchange="ex",
+        routing_key="rk",
+    )
     data += b"".join(_codec.content_frames(1, {"content_type": "text/plain"}, body, 4096))
     for i in range(len(data)):
-        b.feed(data[i:i + 1])
+        b.feed(data[i : i + 1])
     [(args, props, got_body)] = got
     assert got_body == body
     assert args["delivery_tag"] == 7 and args["redelivered"] is True
@@ -297,8 +336,16 @@ def test_channel_errors_fail_the_operation_and_spare_other_channels() -> None:
     b.transport.clear()
     failures: list[Any] = []
     ch1.call("queue.declare", queue="q", passive=True).addErrback(failures.append)
-    b.feed(method(1, "channel.close", reply_code=404, reply_text="NOT_FOUND - no queue 'q'",
-                  class_id=50, method_id=10))
+    b.feed(
+        method(
+            1,
+            "channel.close",
+            reply_code=404,
+            reply_text="NOT_FOUND - no queue 'q'",
+            class_id=50,
+            method_id=10,
+        )
+    )
     [failure] = failures
     assert failure.check(NotFound)
     assert failure.value.reply_code == 404 and failure.value.method == "queue.declare"
@@ -330,7 +377,11 @@ def test_pipelined_calls_resolve_in_order() -> None:
     ch.call("queue.declare", queue="b").addBoth(results.append)
     ch.call("queue.declare", queue="c").addBoth(results.append)
     b.feed(method(1, "queue.declare-ok", queue="a", message_count=1, consumer_count=0))
-    b.feed(method(1, "channel.close", reply_code=406, reply_text="PRECONDITION_FAILED", class_id=50, method_id=10))
+    b.feed(
+        method(
+            1, "channel.close", reply_code=406, reply_text="PRECONDITION_FAILED", class_id=50, method_id=10
+        )
+    )
     assert results[0]["queue"] == "a"
     assert results[1].check(PreconditionFailed) and results[2].check(PreconditionFailed)
 
@@ -362,7 +413,9 @@ def test_forced_close_fails_channels_with_connection_closed() -> None:
     ch = d.result
     pending: list[Any] = []
     ch.call("queue.declare", queue="x").addErrback(pending.append)
-    b.feed(method(0, "connection.close", reply_code=320, reply_text="CONNECTION_FORCED", class_id=0, method_id=0))
+    b.feed(
+        method(0, "connection.close", reply_code=320, reply_text="CONNECTION_FORCED", class_id=0, method_id=0)
+    )
     b.lose()
     assert pending[0].check(ConnectionClosed)
     assert pending[0].value.reply_code == 320

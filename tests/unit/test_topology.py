@@ -63,7 +63,12 @@ def test_declare_sends_exactly_the_flags_given() -> None:
     Queue.quorum("work", x_delivery_limit=5).declare(ch, {})  # type: ignore[arg-type]
     (xname, xargs), (qname, qargs) = ch.calls
     assert xname == "exchange.declare"
-    assert (xargs["type"], xargs["durable"], xargs["internal"], xargs["auto_delete"]) == ("fanout", True, True, False)
+    assert (xargs["type"], xargs["durable"], xargs["internal"], xargs["auto_delete"]) == (
+        "fanout",
+        True,
+        True,
+        False,
+    )
     assert qname == "queue.declare"
     assert qargs["durable"] and qargs["arguments"] == {"x-queue-type": "quorum", "x-delivery-limit": 5}
 
@@ -94,7 +99,10 @@ def test_headers_binding_and_exchange_binding() -> None:
     Binding.headers("q", "hx", match="any", format="pdf", type="report").declare(ch, {})  # type: ignore[arg-type]
     ExchangeBinding("dst", Exchange("src", "fanout"), "k").declare(ch, {})  # type: ignore[arg-type]
     assert ch.calls[0][1]["arguments"] == {"x-match": "any", "format": "pdf", "type": "report"}
-    assert ch.calls[1] == ("exchange.bind", {"destination": "dst", "source": "src", "routing_key": "k", "arguments": {}})
+    assert ch.calls[1] == (
+        "exchange.bind",
+        {"destination": "dst", "source": "src", "routing_key": "k", "arguments": {}},
+    )
     with pytest.raises(ValueError):
         Binding.headers("q", "hx", match="some")
 

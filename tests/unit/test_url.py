@@ -263,9 +263,7 @@ def test_query_parameters() -> None:
     heartbeat, connection_timeout, channel_max and frame_max are read from
     the query string.
     """
-    params = parse_url(
-        "amqp://host/v?heartbeat=30&connection_timeout=5&channel_max=128&frame_max=8192"
-    )
+    params = parse_url("amqp://host/v?heartbeat=30&connection_timeout=5&channel_max=128&frame_max=8192")
     assert params.heartbeat == 30
     assert params.connection_timeout == 5.0
     assert isinstance(params.connection_timeout, float)
@@ -445,9 +443,7 @@ def test_error_message_format() -> None:
     with pytest.raises(InvalidURL) as caught:
         parse_url(f"amqp://guest:{SECRET}@host:99999/")
     error = caught.value
-    assert str(error) == (
-        "invalid AMQP URL amqp://guest:***@host:99999/: port 99999 out of range 1-65535"
-    )
+    assert str(error) == ("invalid AMQP URL amqp://guest:***@host:99999/: port 99999 out of range 1-65535")
     assert error.url == "amqp://guest:***@host:99999/"
     assert error.reason == "port 99999 out of range 1-65535"
 
@@ -598,8 +594,7 @@ def test_direct_construction_is_validated() -> None:
     with pytest.raises(InvalidURL) as caught:
         ConnectionParameters(port=99999, password=SECRET)
     assert str(caught.value) == (
-        "invalid AMQP URL amqp://guest:***@localhost:99999/%2F: "
-        "port 99999 out of range 0-65535"
+        "invalid AMQP URL amqp://guest:***@localhost:99999/%2F: port 99999 out of range 0-65535"
     )
     for kwargs in (
         {"scheme": "http"},
@@ -911,9 +906,7 @@ def _make_cert(
             critical=True,
         )
     if san:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(san), critical=False
-        )
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
     return builder.sign(signing_key, hashes.SHA256()), key
 
 
@@ -981,9 +974,7 @@ class _ServerProtocol(Protocol):
         peer = transport.getPeerCertificate()
         common_name = b"-"
         if peer is not None:
-            [attribute] = peer.to_cryptography().subject.get_attributes_for_oid(
-                NameOID.COMMON_NAME
-            )
+            [attribute] = peer.to_cryptography().subject.get_attributes_for_oid(NameOID.COMMON_NAME)
             common_name = str(attribute.value).encode()
         transport.write(b"sni=" + sni + b" client=" + common_name + b"\n")
 
@@ -1093,9 +1084,7 @@ async def _talk(params: ConnectionParameters, server: TLSServer) -> bytes:
 
 @needs_tls
 @pytest_twisted.ensureDeferred
-async def test_tls_verifies_against_cafile_and_sends_sni(
-    tls_server: TLSServer, pki: dict[str, Path]
-) -> None:
+async def test_tls_verifies_against_cafile_and_sends_sni(tls_server: TLSServer, pki: dict[str, Path]) -> None:
     """
     With verify_peer and a cacertfile, a server whose certificate chains to
     that CA and matches server_name_indication is accepted, and the name is
@@ -1111,9 +1100,7 @@ async def test_tls_verifies_against_cafile_and_sends_sni(
 
 @needs_tls
 @pytest_twisted.ensureDeferred
-async def test_tls_cafile_may_hold_several_certificates(
-    tls_server: TLSServer, pki: dict[str, Path]
-) -> None:
+async def test_tls_cafile_may_hold_several_certificates(tls_server: TLSServer, pki: dict[str, Path]) -> None:
     """
     Every certificate of a cacertfile bundle is trusted, not only the first.
     """
@@ -1124,9 +1111,7 @@ async def test_tls_cafile_may_hold_several_certificates(
 
 @needs_tls
 @pytest_twisted.ensureDeferred
-async def test_tls_rejects_an_untrusted_server(
-    tls_server: TLSServer, pki: dict[str, Path]
-) -> None:
+async def test_tls_rejects_an_untrusted_server(tls_server: TLSServer, pki: dict[str, Path]) -> None:
     """
     With verify_peer, a server certificate from a CA not in the cacertfile
     fails the handshake.
@@ -1141,9 +1126,7 @@ async def test_tls_rejects_an_untrusted_server(
 
 @needs_tls
 @pytest_twisted.ensureDeferred
-async def test_tls_rejects_a_name_mismatch(
-    tls_server: TLSServer, pki: dict[str, Path]
-) -> None:
+async def test_tls_rejects_a_name_mismatch(tls_server: TLSServer, pki: dict[str, Path]) -> None:
     """
     With verify_peer, a server certificate that does not match the expected
     name (server_name_indication here) fails the handshake.
@@ -1152,8 +1135,7 @@ async def test_tls_rejects_a_name_mismatch(
 
     port = tls_server.start()
     params = parse_url(
-        f"amqps://127.0.0.1:{port}/?cacertfile={pki['ca']}"
-        "&server_name_indication=other.example"
+        f"amqps://127.0.0.1:{port}/?cacertfile={pki['ca']}&server_name_indication=other.example"
     )
     with pytest.raises(VerificationError):
         await _talk(params, tls_server)
@@ -1169,9 +1151,7 @@ async def test_tls_verify_none_accepts_any_certificate_and_sends_sni(
     needed, the name need not match) but the name is still sent by SNI.
     """
     port = tls_server.start()
-    params = parse_url(
-        f"amqps://127.0.0.1:{port}/?verify=verify_none&server_name_indication=any.example"
-    )
+    params = parse_url(f"amqps://127.0.0.1:{port}/?verify=verify_none&server_name_indication=any.example")
     assert await _talk(params, tls_server) == b"sni=any.example client=-"
 
 
@@ -1192,7 +1172,5 @@ async def test_tls_client_certificate(
     else:
         files = f"certfile={pki['client_both']}"
     for verify in ("verify_peer", "verify_none"):
-        params = parse_url(
-            f"amqps://localhost:{port}/?cacertfile={pki['ca']}&{files}&verify={verify}"
-        )
+        params = parse_url(f"amqps://localhost:{port}/?cacertfile={pki['ca']}&{files}&verify={verify}")
         assert await _talk(params, tls_server) == b"sni=localhost client=txmsg-client"
