@@ -102,9 +102,13 @@ class Channel:
         """
         if not self.is_open:
             raise ChannelClosed(f"channel {self.id} is closed")
-        parts = _codec.content_frames(self.id, properties, body, self.protocol.frame_max)
-        parts.insert(0, _codec.basic_publish_frame(self.id, exchange, routing_key, mandatory))
-        self.protocol.write_sequence(parts)
+        data = _codec.publish_frames(
+            self.id, exchange, routing_key, mandatory, properties, body, self.protocol.frame_max
+        )
+        if isinstance(data, bytes):
+            self.protocol.write(data)
+        else:
+            self.protocol.write_sequence(data)
 
     def ack(self, delivery_tag: int, multiple: bool = False) -> None:
         if self.is_open:

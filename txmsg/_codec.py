@@ -510,6 +510,8 @@ def encode_properties(props: dict[str, Any]) -> bytes:
     """
     Encode basic properties (txmsg names, wire values; None means absent).
     """
+    if not props:
+        return b"\x00\x00"
     flags = 0
     out: list[bytes] = []
     for name, kind, flag in _PROPS:
@@ -575,6 +577,49 @@ def body_frames(channel: int, body: bytes, frame_max: int) -> Iterable[bytes]:
         yield _FRAME_HEAD.pack(FRAME_BODY, channel, len(piece))
         yield piece
         yield FRAME_END_BYTE
+
+
+def publish_frames(
+    channel: int,
+    exchange: str,
+    routing_key: str,
+    mandatory: bool,
+    props: dict[str, Any],
+    body: bytes,
+    frame_max: int,
+) -> bytes | list[bytes]:
+    """
+    basic.publish with its content: one buffer when the body fits one frame
+    (one transport write), a list of frames otherwise (no copy of a big body).
+    """
+    method = basic_publish_frame(channel, exchange, routing_key, mandatory)
+    if len(body) <= frame_max - FRAME_OVERHEAD:
+        header = _HHQ.pack(60, 0, len(body)) + encode_properties(props)
+        return (
+            b"".join(
+                (
+                    method,
+                    _FRAME_HEAD.pack(FRAME_HEADER, channel, len(header)),
+                    header,
+                    FRAME_END_BYTE,
+                    _FRAME_HEAD.pack(FRAME_BODY, channel, len(body)),
+                    body,
+                    FRAME_END_BYTE,
+                )
+            )
+            if body
+            else b"".join(
+                (
+                    method,
+                    _FRAME_HEAD.pack(FRAME_HEADER, channel, len(header)),
+                    header,
+                    FRAME_END_BYTE,
+                )
+            )
+        )
+    parts = content_frames(channel, props, body, frame_max)
+    parts.insert(0, method)
+    return parts
 
 
 def content_frames(channel: int, props: dict[str, Any], body: bytes, frame_max: int) -> list[bytes]:

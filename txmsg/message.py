@@ -79,6 +79,49 @@ def encode_payload(payload: Any, content_type: str | None = None) -> tuple[bytes
     raise TypeError(f"cannot encode a {type(payload).__name__} payload: pass bytes, str, or JSON-able data")
 
 
+def encode_message(
+    payload: Any,
+    *,
+    content_type: str | None = None,
+    persistent: bool | None = None,
+    expiration: int | float | str | None = None,
+    timestamp: _dt.datetime | int | float | None = None,
+    **properties: Any,
+) -> tuple[bytes, dict[str, Any]]:
+    """
+    Encode a payload and properties straight to a body and wire properties (the
+    form L{Message.properties} returns), without building a L{Message}: the
+    producer's fast path.  Arguments as for L{Message.create}.
+    """
+    body, ctype = encode_payload(payload, content_type)
+    props: dict[str, Any] = {}
+    if properties:
+        unknown = properties.keys() - _PROPERTY_FIELDS
+        if unknown:
+            raise TypeError(f"unknown message properties: {', '.join(sorted(unknown))}")
+        for name, value in properties.items():
+            if value is not None:
+                props[name] = dict(value) if name == "headers" else value
+    if ctype is not None:
+        props["content_type"] = ctype
+    if persistent is not None:
+        props["delivery_mode"] = 2 if persistent else 1
+    if expiration is not None:
+        if isinstance(expiration, (int, float)):
+            if expiration < 0:
+                raise ValueError("expiration must not be negative")
+            expiration = str(int(expiration))
+        props["expiration"] = expiration
+    if timestamp is not None:
+        if isinstance(timestamp, _dt.datetime):
+            if timestamp.tzinfo is None:
+                timestamp = timestamp.replace(tzinfo=_dt.timezone.utc)
+            props["timestamp"] = int((timestamp - _EPOCH).total_seconds())
+        else:
+            props["timestamp"] = int(timestamp)
+    return body, props
+
+
 @dataclass(frozen=True, eq=False)
 class Message:
     """
@@ -129,21 +172,17 @@ class Message:
         @param expiration: per-message TTL in milliseconds.
         @param properties: any other basic property by its Pythonic name.
         """
-        body, ctype = encode_payload(payload, content_type)
-        unknown = set(properties) - _PROPERTY_FIELDS
-        if unknown:
-            raise TypeError(f"unknown message properties: {', '.join(sorted(unknown))}")
-        if persistent is not None:
-            properties["delivery_mode"] = 2 if persistent else 1
-        if expiration is not None:
-            if isinstance(expiration, (int, float)):
-                if expiration < 0:
-                    raise ValueError("expiration must not be negative")
-                expiration = str(int(expiration))
-            properties["expiration"] = expiration
-        if timestamp is not None and not isinstance(timestamp, _dt.datetime):
-            timestamp = _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc)
-        return cls(body=body, content_type=ctype, timestamp=timestamp, **properties)
+        body, props = encode_message(
+            payload,
+            content_type=content_type,
+            persistent=persistent,
+            expiration=expiration,
+            timestamp=timestamp,
+            **properties,
+        )
+        if "timestamp" in props:
+            props["timestamp"] = _EPOCH + _dt.timedelta(seconds=props["timestamp"])
+        return cls(body=body, **props)
 
     @classmethod
     def from_delivery(

@@ -23,7 +23,7 @@ from txmsg._channel import Channel
 from txmsg._protocol import AMQPProtocol
 from txmsg.connection import Connection
 from txmsg.errors import ChannelError, TxmsgError
-from txmsg.message import Message
+from txmsg.message import Message, encode_message
 
 
 class Nacked(TxmsgError):
@@ -54,12 +54,15 @@ class PublishTimeout(TxmsgError):
 
 
 class _Pending:
-    __slots__ = ("deferred", "exchange", "mandatory", "message", "returned", "routing_key", "timer")
+    __slots__ = ("body", "deferred", "exchange", "mandatory", "props", "returned", "routing_key", "timer")
 
-    def __init__(self, exchange: str, routing_key: str, message: Message, mandatory: bool) -> None:
+    def __init__(
+        self, exchange: str, routing_key: str, body: bytes, props: dict[str, Any], mandatory: bool
+    ) -> None:
         self.exchange = exchange
         self.routing_key = routing_key
-        self.message = message
+        self.body = body
+        self.props = props
         self.mandatory = mandatory
         self.deferred: Deferred[None] = Deferred()
         self.timer: Any = None
@@ -104,14 +107,17 @@ class Producer:
             seconds (the message may still have reached the broker).
         """
         try:
-            message = payload if isinstance(payload, Message) else Message.create(payload, **properties)
-            if isinstance(payload, Message) and properties:
-                message = payload.replace(**properties)
+            if isinstance(payload, Message):
+                message = payload.replace(**properties) if properties else payload
+                body, props = message.body, message.properties()
+            else:
+                body, props = encode_message(payload, **properties)
         except (TypeError, ValueError) as e:
             return fail(e)
-        if mandatory and message.message_id is None:
-            message = message.replace(message_id=uuid.uuid4().hex)
-        pending = _Pending(exchange, routing_key, message, mandatory)
+        if mandatory and "message_id" not in props:
+            # returns are matched to their publish by message id
+            props["message_id"] = uuid.uuid4().hex
+        pending = _Pending(exchange, routing_key, body, props, mandatory)
         if timeout is not None:
             pending.timer = self.connection.reactor.callLater(timeout, self._timed_out, pending)
         channel = self._channel
@@ -129,12 +135,12 @@ class Producer:
         self._next_tag = tag + 1
         self._unconfirmed[tag] = pending
         if pending.mandatory:
-            self._by_message_id[pending.message.message_id or ""] = pending
+            self._by_message_id[pending.props["message_id"]] = pending
         channel.publish(
             pending.exchange,
             pending.routing_key,
-            pending.message.body,
-            pending.message.properties(),
+            pending.body,
+            pending.props,
             pending.mandatory,
         )
 
@@ -181,14 +187,19 @@ class Producer:
 
     def _confirmed(self, ack: bool, tag: int, multiple: bool) -> None:
         unconfirmed = self._unconfirmed
+        settled: list[_Pending] = []
         if multiple:
-            tags = [t for t in unconfirmed if t <= tag]
-        else:
-            tags = [tag] if tag in unconfirmed else []
-        for t in tags:
-            pending = unconfirmed.pop(t)
+            # tags are in publish order: settle from the front up to this one
+            while unconfirmed:
+                first = next(iter(unconfirmed))
+                if first > tag:
+                    break
+                settled.append(unconfirmed.popitem(last=False)[1])
+        elif tag in unconfirmed:
+            settled.append(unconfirmed.pop(tag))
+        for pending in settled:
             if pending.mandatory:
-                self._by_message_id.pop(pending.message.message_id or "", None)
+                self._by_message_id.pop(pending.props["message_id"], None)
             if pending.returned is not None:
                 self._settle(pending, Failure(pending.returned))
             elif ack:

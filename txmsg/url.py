@@ -29,7 +29,8 @@ never silently falls back to a default:
   - C{connection_timeout}: B{seconds} to wait for the TCP connection, a number
     greater than 0 (C{2.5} is allowed).  Note that RabbitMQ's Erlang client
     reads this parameter as I{milliseconds}; txmsg uses seconds, like the rest
-    of Twisted.
+    of Twisted.  Values above 3600 are refused, so that a URL written for
+    milliseconds fails loudly instead of waiting for hours.
   - C{channel_max}: 0..65535; 0 accepts the broker's limit.
   - C{frame_max}: 0, or 4096..2**32-1 bytes; 0 accepts the broker's limit
     (RabbitMQ's default is 131072).
@@ -96,6 +97,7 @@ _MAX_SHORT: Final = 65535
 _MIN_FRAME_MAX: Final = 4096
 _MAX_FRAME_MAX: Final = 2**32 - 1
 
+_MAX_CONNECTION_TIMEOUT: Final = 3600
 _PASSWORD_MASK: Final = "***"  # noqa: S105 - the mask, not a password
 
 _INTEGER = re.compile(r"[0-9]+")
@@ -329,6 +331,11 @@ class ConnectionParameters:
             or timeout <= 0
         ):
             raise _Problem(f"connection_timeout must be a number of seconds > 0, got {timeout!r}")
+        if timeout > _MAX_CONNECTION_TIMEOUT:
+            raise _Problem(
+                f"connection_timeout {timeout:g} is over {_MAX_CONNECTION_TIMEOUT} s: txmsg reads it in "
+                "seconds, not milliseconds as RabbitMQ's Erlang client does"
+            )
         object.__setattr__(self, "connection_timeout", float(timeout))
         if not isinstance(self.verify, bool):
             raise _Problem(f"verify must be a bool, got {self.verify!r}")

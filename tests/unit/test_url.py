@@ -1174,3 +1174,13 @@ async def test_tls_client_certificate(
     for verify in ("verify_peer", "verify_none"):
         params = parse_url(f"amqps://localhost:{port}/?cacertfile={pki['ca']}&{files}&verify={verify}")
         assert await _talk(params, tls_server) == b"sni=localhost client=txmsg-client"
+
+
+def test_connection_timeout_in_milliseconds_is_refused() -> None:
+    """
+    A connection_timeout written in milliseconds (RabbitMQ's Erlang client
+    convention) is refused with a hint rather than waiting for hours.
+    """
+    with pytest.raises(InvalidURL, match="seconds, not milliseconds"):
+        parse_url("amqp://h/?connection_timeout=10000")
+    assert parse_url("amqp://h/?connection_timeout=3600").connection_timeout == 3600.0
