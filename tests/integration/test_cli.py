@@ -13,7 +13,7 @@ import pytest_twisted
 
 from txmsg import Connection, Queue
 
-from .conftest import PikaPeer, unique
+from .conftest import BROKER_URL, PikaPeer, unique
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ async def test_publish_puts_messages_on_the_queue(connection: Connection, pika_p
     try:
         from twisted.internet.threads import deferToThread
 
-        result = await deferToThread(run_cli, "publish", name, "first", "second")
+        result = await deferToThread(run_cli, "publish", "--url", BROKER_URL, name, "first", "second")
         assert result.returncode == 0, result.stderr
         got = await pika_peer.get(name, count=2)
         assert [b for _, _, b in got] == [b"first", b"second"]
@@ -48,7 +48,7 @@ async def test_publish_puts_messages_on_the_queue(connection: Connection, pika_p
         (["--url", "amqp://guest:wrong-pw@localhost:5672/%2F"], "refused the login of user 'guest'"),
         (["--url", "amqp://guest:guest@localhost:5672/nope-vhost"], "nope-vhost"),
         (["--url", "amqp://guest:guest@localhost:99999/"], "port 99999 out of range"),
-        (["--mandatory"], "NO_ROUTE"),
+        (["--url", BROKER_URL, "--mandatory"], "NO_ROUTE"),
     ],
 )
 def test_user_mistakes_are_one_line_and_nonzero_exit(args: list[str], expected: str) -> None:

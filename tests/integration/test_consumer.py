@@ -60,7 +60,9 @@ async def test_handler_failure_dead_letters_with_x_death(connection: Connection,
 
 
 @pytest_twisted.ensureDeferred
-async def test_requeue_gives_the_message_to_another_consumer(connection: Connection, pika_peer: PikaPeer) -> None:
+async def test_requeue_gives_the_message_to_another_consumer(
+    connection: Connection, pika_peer: PikaPeer
+) -> None:
     """
     A handler raising Requeue puts the message back; it is redelivered (flagged
     redelivered) and handled by the next attempt.
@@ -87,7 +89,9 @@ async def test_requeue_gives_the_message_to_another_consumer(connection: Connect
 
 
 @pytest_twisted.ensureDeferred
-async def test_undecodable_body_never_reaches_the_handler(connection: Connection, pika_peer: PikaPeer) -> None:
+async def test_undecodable_body_never_reaches_the_handler(
+    connection: Connection, pika_peer: PikaPeer
+) -> None:
     """
     A body that is not what its content type says (bad JSON, bad UTF-8, or
     pickle without opt-in) is rejected without calling the handler; the good

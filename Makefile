@@ -1,0 +1,50 @@
+# txmsg developer commands.  The logic lives in scripts/; see scripts/*.sh.
+#
+#   make demo         set everything up (venv, deps, broker) and run the demo
+#   make test         set everything up and run the whole test suite
+#                     (extra pytest arguments: make test PYTEST_ARGS="-k foo")
+#   make lint         ruff + mypy
+#   make broker-stop  stop the RabbitMQ node the project started (if any)
+#   make clean        stop the project's nodes, remove .venv, .txmsg and build output
+
+VENV_PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+# When the project runs its own RabbitMQ node, scripts/ensure-broker.sh leaves a
+# 'rabbitmqctl' for that node here; put it first on PATH for the tests and the
+# demo (the directory does not exist when another broker is used).
+ifeq ($(or $(TXMSG_BROKER_PORT),5672),5672)
+RMQ_BIN := $(CURDIR)/.txmsg/rabbitmq/bin
+else
+RMQ_BIN := $(CURDIR)/.txmsg/rabbitmq-$(TXMSG_BROKER_PORT)/bin
+endif
+WITH_BROKER_PATH := PATH="$(RMQ_BIN):$$PATH"
+
+.PHONY: all bootstrap demo test lint broker broker-stop clean
+
+all: test
+
+bootstrap:
+	bash scripts/bootstrap.sh
+
+demo: bootstrap
+	$(WITH_BROKER_PATH) $(VENV_PY) -m txmsg.demo
+
+test: bootstrap
+	$(WITH_BROKER_PATH) $(VENV_PY) -m pytest -q tests $(PYTEST_ARGS)
+
+lint:
+	bash scripts/bootstrap.sh --no-broker
+	.venv/bin/ruff check txmsg tests
+	.venv/bin/mypy txmsg
+
+broker:
+	bash scripts/ensure-broker.sh
+
+broker-stop:
+	bash scripts/broker-stop.sh
+
+clean:
+	bash scripts/broker-stop.sh --all
+	rm -rf .venv .txmsg build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache twisted/plugins/dropin.cache
+	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
