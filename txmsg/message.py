@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any
 
+from txmsg._codec import PROPERTY_NAMES
 from txmsg.errors import UndecodableMessage
 
 JSON = "application/json"
@@ -289,21 +290,6 @@ class Message:
         return f"<Message{where} body={body!r}{', ' + props if props else ''}>"
 
 
-_PROPERTY_NAMES = (
-    "content_type",
-    "content_encoding",
-    "headers",
-    "delivery_mode",
-    "priority",
-    "correlation_id",
-    "reply_to",
-    "expiration",
-    "message_id",
-    "timestamp",
-    "type",
-    "user_id",
-    "app_id",
-    "cluster_id",
-)
+_PROPERTY_NAMES = PROPERTY_NAMES
 _PROPERTY_FIELDS = frozenset(_PROPERTY_NAMES)
 assert _PROPERTY_FIELDS <= {f.name for f in fields(Message)}
