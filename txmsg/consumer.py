@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -43,20 +43,6 @@ class Reject(TxmsgError):
     """
     Raise from a handler to reject the message without requeue (dead-letter it).
     """
-
-
-def call_handler(handler: Handler, message: Message) -> Deferred[Any]:
-    """
-    Call a user handler; its value, Deferred or coroutine becomes a Deferred.
-    """
-    d = maybeDeferred(handler, message)
-
-    def unwrap(result: Any) -> Any:
-        if inspect.isawaitable(result):
-            return ensureDeferred(cast(Any, result))
-        return result
-
-    return d.addCallback(unwrap)
 
 
 class Consumer(Service):
@@ -167,26 +153,39 @@ class Consumer(Service):
             )
             channel.reject(tag, requeue=False)
             return
-        d = call_handler(self.handler, message)
-        self._in_flight.add(d)
+        # A synchronous handler is settled at once; only an asynchronous result
+        # (a Deferred or an awaitable) pays for Deferred machinery.
+        try:
+            result = self.handler(message)
+        except Exception:  # noqa: BLE001 - any handler error is the message's outcome
+            self._settle(channel, tag, Failure())
+            return
+        if isinstance(result, Deferred) or inspect.isawaitable(result):
+            d = ensureDeferred(cast(Any, result)) if not isinstance(result, Deferred) else result
+            self._in_flight.add(d)
 
-        def done(result: Any) -> None:
-            self._in_flight.discard(d)
+            def done(outcome: Any) -> None:
+                self._in_flight.discard(d)
+                self._settle(channel, tag, outcome)
+
+            d.addBoth(done)
+        else:
             self.consumed += 1
-            if isinstance(result, Failure):
-                if result.check(Requeue):
-                    channel.reject(tag, requeue=True)
-                elif result.check(Reject):
-                    channel.reject(tag, requeue=False)
-                else:
-                    self._log.failure(
-                        "handler failed on message {tag} from {queue}; rejected",
-                        result,
-                        tag=tag,
-                        queue=self.queue,
-                    )
-                    channel.reject(tag, requeue=False)
-            else:
-                channel.ack(tag)
+            channel.ack(tag)
 
-        d.addBoth(done)
+    def _settle(self, channel: Channel, tag: int, outcome: Any) -> None:
+        self.consumed += 1
+        if not isinstance(outcome, Failure):
+            channel.ack(tag)
+        elif outcome.check(Requeue):
+            channel.reject(tag, requeue=True)
+        elif outcome.check(Reject):
+            channel.reject(tag, requeue=False)
+        else:
+            self._log.failure(
+                "handler failed on message {tag} from {queue}; rejected",
+                outcome,
+                tag=tag,
+                queue=self.queue,
+            )
+            channel.reject(tag, requeue=False)
