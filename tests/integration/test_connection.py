@@ -180,3 +180,38 @@ async def test_64_mib_body_round_trips(connection: Connection, pika_peer: PikaPe
         assert hashlib.sha256(received[0].body).digest() == hashlib.sha256(body).digest()
     finally:
         await pika_peer.delete_queue(name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_publishes_during_an_outage_wait_and_are_confirmed(
+    connection: Connection, pika_peer: PikaPeer
+) -> None:
+    """
+    Messages published while the broker has just closed the connection wait for
+    the reconnect and are then confirmed; the queue holds every one of them (at
+    least once: a message in flight at the cut may be there twice).
+    """
+    name = unique("outage")
+    await connection.declare(Queue(name, durable=True))
+    producer = Producer(connection)
+    try:
+        await producer.publish("", name, b"before")
+        confirmations: list = []
+
+        def publish_while_down(_reason: object) -> None:
+            assert not connection.is_connected
+            confirmations.extend(
+                producer.publish("", name, f"during-{i}".encode(), timeout=30) for i in range(50)
+            )
+
+        assert connection.protocol is not None
+        connection.protocol.when_lost(publish_while_down)
+        await close_connection(connection.name)
+        await eventually(lambda: len(confirmations) == 50)
+        for d in confirmations:
+            await d
+        got = await pika_peer.get(name, count=1000, timeout=1)
+        bodies = {b for _, _, b in got}
+        assert bodies == {b"before"} | {f"during-{i}".encode() for i in range(50)}
+    finally:
+        await pika_peer.delete_queue(name)
