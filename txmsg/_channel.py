@@ -8,6 +8,7 @@ Channels are numbered by the protocol, never by the caller.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,19 @@ _FLOW = (20, 20)
 def _method_name(class_id: int, method_id: int) -> str | None:
     ms = _codec.methods().by_key.get((class_id, method_id))
     return ms.name if ms else None
+
+
+def check_publish(exchange: str, routing_key: str, properties: dict[str, Any], frame_max: int) -> None:
+    """
+    Raise TypeError or ValueError if this publish could not be encoded (without
+    encoding its body).
+    """
+    _codec.basic_publish_frame(0, exchange, routing_key, False)
+    header = _codec.encode_properties(properties)
+    if len(header) + 12 + _codec.FRAME_OVERHEAD > frame_max:
+        raise ValueError(
+            f"message properties take {len(header)} bytes, more than one frame holds (frame_max {frame_max})"
+        )
 
 
 class Channel:
@@ -82,7 +96,16 @@ class Channel:
         if not self.is_open:
             return fail(self.closed_reason or ChannelClosed(f"channel {self.id} is closed"))
         ms = self._methods.by_name[name]
-        self.protocol.write(_codec.method_frame(self.id, ms.encode(kwargs)))
+        unknown = kwargs.keys() - ms.known_args
+        if unknown:
+            return fail(TypeError(f"{name} takes no argument {', '.join(sorted(unknown))}"))
+        try:
+            payload = ms.encode(kwargs)
+        except (TypeError, ValueError, struct.error) as e:
+            return fail(ValueError(f"{name}: {e}"))
+        if len(payload) + _codec.FRAME_OVERHEAD > self.protocol.frame_max:
+            return fail(ValueError(f"{name} takes {len(payload)} bytes, more than frame_max allows"))
+        self.protocol.write(_codec.method_frame(self.id, payload))
         if ms.responses and not (kwargs.get("no_wait") or kwargs.get("nowait")):
             d: Deferred[Any] = Deferred()
             self._rpc.append((ms.responses, d, name))

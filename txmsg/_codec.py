@@ -55,6 +55,17 @@ _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 # field values and tables
 
 
+def timestamp_to_datetime(secs: int) -> _dt.datetime | int:
+    """
+    An AMQP timestamp (seconds since the epoch) as an aware datetime; a value
+    beyond what datetime holds (e.g. one a peer wrote in milliseconds) stays an int.
+    """
+    try:
+        return _EPOCH + _dt.timedelta(seconds=secs)
+    except (OverflowError, ValueError):
+        return secs
+
+
 def _decode_str(raw: Buf) -> str | bytes:
     try:
         return raw.decode("utf-8")
@@ -93,7 +104,7 @@ def decode_value(buf: Buf, off: int) -> tuple[Any, int]:
         return items, off
     if kind == 0x54:  # T timestamp, seconds
         (secs,) = _Q.unpack_from(buf, off)
-        return _EPOCH + _dt.timedelta(seconds=secs), off + 8
+        return timestamp_to_datetime(secs), off + 8
     if kind == 0x64:  # d double
         return _d.unpack_from(buf, off)[0], off + 8
     if kind == 0x66:  # f float
@@ -217,7 +228,12 @@ def encode_table(table: dict[str, Any] | None) -> bytes:
 
 
 def encode_shortstr(value: str | bytes) -> bytes:
-    raw = value.encode("utf-8") if isinstance(value, str) else value
+    if isinstance(value, str):
+        raw = value.encode("utf-8")
+    elif isinstance(value, bytes):
+        raw = value
+    else:
+        raise TypeError(f"expected a string, got {type(value).__name__} {value!r}")
     if len(raw) > 255:
         raise ValueError(f"short string longer than 255 bytes: {raw[:40]!r}...")
     return _B.pack(len(raw)) + raw
@@ -244,6 +260,7 @@ class MethodSpec:
         "class_id",
         "content",
         "key",
+        "known_args",
         "method_id",
         "name",
         "prefix",
@@ -273,6 +290,7 @@ class MethodSpec:
             "table": None,
         }
         self.prefix = _HH.pack(self.class_id, self.method_id)
+        self.known_args = frozenset(self.arg_names)
 
     def __repr__(self) -> str:
         return f"<MethodSpec {self.name}>"
@@ -519,14 +537,17 @@ def encode_properties(props: dict[str, Any]) -> bytes:
         if value is None:
             continue
         flags |= flag
-        if kind == "shortstr":
-            out.append(encode_shortstr(value))
-        elif kind == "octet":
-            out.append(_B.pack(value))
-        elif kind == "table":
-            out.append(encode_table(value))
-        else:
-            out.append(_Q.pack(value))
+        try:
+            if kind == "shortstr":
+                out.append(encode_shortstr(value))
+            elif kind == "octet":
+                out.append(_B.pack(value))
+            elif kind == "table":
+                out.append(encode_table(value))
+            else:
+                out.append(_Q.pack(value))
+        except (TypeError, ValueError, struct.error) as e:
+            raise ValueError(f"message property {name}={value!r} cannot be sent: {e}") from None
     return _H.pack(flags) + b"".join(out)
 
 
@@ -546,8 +567,9 @@ def decode_content_header(buf: Buf, off: int) -> tuple[int, dict[str, Any]]:
     props: dict[str, Any] = {}
     if not flags:
         return size, props
-    while flags & 1:  # continuation flags (never set for the basic class); skip them
-        (flags,) = _H.unpack_from(buf, off)
+    more = flags
+    while more & 1:  # continuation flag words (the basic class needs none): skip them
+        (more,) = _H.unpack_from(buf, off)
         off += 2
     for name, kind, flag in _PROPS:
         if not flags & flag:
@@ -593,32 +615,18 @@ def publish_frames(
     (one transport write), a list of frames otherwise (no copy of a big body).
     """
     method = basic_publish_frame(channel, exchange, routing_key, mandatory)
-    if len(body) <= frame_max - FRAME_OVERHEAD:
-        header = _HHQ.pack(60, 0, len(body)) + encode_properties(props)
-        return (
-            b"".join(
-                (
-                    method,
-                    _FRAME_HEAD.pack(FRAME_HEADER, channel, len(header)),
-                    header,
-                    FRAME_END_BYTE,
-                    _FRAME_HEAD.pack(FRAME_BODY, channel, len(body)),
-                    body,
-                    FRAME_END_BYTE,
-                )
-            )
-            if body
-            else b"".join(
-                (
-                    method,
-                    _FRAME_HEAD.pack(FRAME_HEADER, channel, len(header)),
-                    header,
-                    FRAME_END_BYTE,
-                )
-            )
+    header = _HHQ.pack(60, 0, len(body)) + encode_properties(props)
+    if len(header) + FRAME_OVERHEAD > frame_max:
+        raise ValueError(
+            f"message properties take {len(header)} bytes, more than one frame holds "
+            f"(frame_max {frame_max}): send less in the headers"
         )
-    parts = content_frames(channel, props, body, frame_max)
-    parts.insert(0, method)
+    parts = [method, _FRAME_HEAD.pack(FRAME_HEADER, channel, len(header)), header, FRAME_END_BYTE]
+    if len(body) <= frame_max - FRAME_OVERHEAD:
+        if body:
+            parts += (_FRAME_HEAD.pack(FRAME_BODY, channel, len(body)), body, FRAME_END_BYTE)
+        return b"".join(parts)
+    parts.extend(body_frames(channel, body, frame_max))
     return parts
 
 

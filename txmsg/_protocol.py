@@ -11,6 +11,7 @@ heartbeats use one timer per half interval rather than one reschedule per frame.
 from __future__ import annotations
 
 import platform
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -182,7 +183,9 @@ class AMQPProtocol(FrameReceiver):
                 if ftype == 3:
                     channel = channels.get(ch)
                     if channel is not None:
-                        channel.body_received(bytes(buf[pos + 7 : end]))
+                        with memoryview(buf) as view:
+                            chunk = bytes(view[pos + 7 : end])
+                        channel.body_received(chunk)
                 elif ftype == 1:
                     key = _HH.unpack_from(buf, pos + 7)
                     ms = by_key.get(key)
@@ -207,12 +210,18 @@ class AMQPProtocol(FrameReceiver):
                     raise ProtocolError(f"unknown frame type {ftype}")
                 pos = end + 1
         except ProtocolError as e:
-            self._log.error("protocol error from {host}: {error}", host=self.params.host, error=e)
-            self._close_error = e
-            self.transport.abortConnection()
+            self._protocol_error(e)
+        except (struct.error, IndexError, ValueError, OverflowError, UnicodeDecodeError) as e:
+            # a frame shorter than its fields, or a value out of range: never garbage
+            self._protocol_error(ProtocolError(f"malformed frame: {e}"))
         finally:
             if pos:
                 del buf[:pos]
+
+    def _protocol_error(self, error: ProtocolError) -> None:
+        self._log.error("protocol error from {host}: {error}", host=self.params.host, error=error)
+        self._close_error = error
+        self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionLost())) -> None:  # noqa: B008
         self.lost = True

@@ -13,7 +13,7 @@ from typing import Any, Protocol, cast
 from automat import NoTransition
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, fail, inlineCallbacks, succeed
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -122,7 +122,9 @@ class ClusterEndpoint:
             self._log.info("connecting to {url}", url=params.safe_url)
             try:
                 protocol = yield params.endpoint(self.reactor).connect(_GuardedFactory(protocolFactory))
-            except ConnectError as e:
+            except CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - refused, unreachable, unresolvable: try the next
                 self._log.info("{url} did not answer: {error}", url=params.safe_url, error=e)
                 errors.append(f"{params.safe_url}: {e}")
             else:
@@ -182,6 +184,9 @@ class Connection(Service):
         self._fatal: Failure | None = None
         self._service: ClientService | None = None
         self._control: Channel | None = None
+        self._declare_lock = DeferredLock()
+        self._stop_listeners: list[Callable[[Failure], None]] = []
+        self._stopped = False
 
     def __repr__(self) -> str:
         return f"<Connection {', '.join(p.safe_url for p in self.params)}>"
@@ -193,6 +198,7 @@ class Connection(Service):
         if self.running:
             return
         Service.startService(self)
+        self._stopped = False
         self._fatal = None
         self._failures = 0
         self._service = ClientService(
@@ -209,9 +215,12 @@ class Connection(Service):
         Close the AMQP connection politely and stop reconnecting.
         """
         Service.stopService(self)
+        self._stopped = True
         service, self._service = self._service, None
         protocol, self.protocol = self.protocol, None
-        self._fail_waiters(Failure(ConnectionLost("the connection was stopped")))
+        stopped = Failure(ConnectionLost("the connection was stopped"))
+        self._fail_waiters(stopped)
+        self._tell_stopped(stopped)
         closing = protocol.close() if protocol is not None else succeed(None)
         if service is None:
             return closing
@@ -235,6 +244,8 @@ class Connection(Service):
             return fail(self._fatal)
         if self.protocol is not None and self.protocol.is_open:
             return succeed(self.protocol)
+        if self._stopped:
+            return fail(ConnectionLost("the connection was stopped"))
         if not self.running:
             self.startService()
         d: Deferred[AMQPProtocol] = Deferred()
@@ -269,6 +280,17 @@ class Connection(Service):
             if isinstance(d, Deferred):
                 d.addErrback(lambda f: self._log.failure("ready hook {hook} failed", f, hook=hook))
 
+    def add_stop_listener(self, listener: Callable[[Failure], None]) -> None:
+        """
+        Call C{listener} with the reason when this connection stops for good:
+        L{stopService}, or a fatal error such as L{AuthenticationError}.
+        """
+        self._stop_listeners.append(listener)
+
+    def _tell_stopped(self, reason: Failure) -> None:
+        for listener in list(self._stop_listeners):
+            listener(reason)
+
     def remove_ready_hook(self, hook: ReadyHook) -> None:
         if hook in self._hooks:
             self._hooks.remove(hook)
@@ -282,8 +304,9 @@ class Connection(Service):
         protocol = yield self.when_ready()
         results = []
         for item in items:
-            channel = yield self._control_channel(protocol)
-            result = yield item.declare(channel, self.names)
+            # one declaration at a time on the control channel: a refused one
+            # closes that channel and must not fail another caller's declaration
+            result = yield self._declare_lock.run(self._declare_one, protocol, item)
             if item not in self.topology:
                 self.topology.append(item)
             results.append(result)
@@ -296,6 +319,12 @@ class Connection(Service):
         for item in items:
             if item in self.topology:
                 self.topology.remove(item)
+
+    @inlineCallbacks
+    def _declare_one(self, protocol: AMQPProtocol, item: Declarable) -> Any:
+        channel = yield self._control_channel(protocol)
+        result = yield item.declare(channel, self.names)
+        return result
 
     @inlineCallbacks
     def _control_channel(self, protocol: AMQPProtocol) -> Any:
@@ -347,6 +376,7 @@ class Connection(Service):
                 self._log.error("{url}: {error}", url=protocol.params.safe_url, error=reason.value)
                 self._fatal = reason
                 self._fail_waiters(reason)
+                self._tell_stopped(reason)
                 self.reactor.callLater(0, self._stop_after_fatal)
             else:
                 self._log.info(
@@ -371,8 +401,17 @@ class Connection(Service):
                 yield item.declare(channel, self.names)
             except ChannelError as e:
                 self._log.error("replaying {item} failed: {error}", item=item, error=e)
-        for hook in list(self._hooks):
-            yield hook(protocol)
+        # by index: a hook may add hooks (a consumer making a producer), run them too
+        index = 0
+        while index < len(self._hooks):
+            hook = self._hooks[index]
+            index += 1
+            try:
+                yield hook(protocol)
+            except Exception:  # noqa: BLE001 - one failing hook must not keep the others from running
+                self._log.failure("ready hook {hook} failed", hook=hook)
+        if protocol.lost:
+            raise ConnectionLost("the connection was lost while it was being prepared")
 
     def _lost(self, reason: Failure) -> None:
         if self.protocol is not None and self.protocol.lost:

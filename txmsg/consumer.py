@@ -24,13 +24,17 @@ from twisted.python.failure import Failure
 from txmsg._channel import Channel
 from txmsg._protocol import AMQPProtocol
 from txmsg.connection import Connection
-from txmsg.errors import TxmsgError, UndecodableMessage
+from txmsg.errors import ChannelError, TxmsgError, UndecodableMessage
 from txmsg.message import Message
 from txmsg.topology import Queue
 
 Handler = Callable[[Message], Any | Deferred[Any] | Awaitable[Any]]
 
 DEFAULT_PREFETCH = 50
+#: first and longest wait before consuming again after the broker closed or
+#: cancelled this consumer, or refused to start it
+RESUME_DELAY = 0.5
+MAX_RESUME_DELAY = 30.0
 
 
 class Requeue(TxmsgError):
@@ -78,25 +82,35 @@ class Consumer(Service):
         self.consumed = 0
         self._in_flight: set[Deferred[Any]] = set()
         self._consuming_waiters: list[Deferred[Consumer]] = []
+        self._resume: Any = None
+        self._retry_delay = RESUME_DELAY
 
     def startService(self) -> None:
+        if self.running:
+            return
         Service.startService(self)
+        self._retry_delay = RESUME_DELAY
         self.connection.add_ready_hook(self._on_ready)
         if not self.connection.running:
             self.connection.startService()
 
     def stopService(self) -> Deferred[None]:
+        if not self.running:
+            return succeed(None)
         Service.stopService(self)
         self.connection.remove_ready_hook(self._on_ready)
+        if self._resume is not None and self._resume.active():
+            self._resume.cancel()
+        self._resume = None
         channel, self.channel = self.channel, None
         d: Deferred[Any] = succeed(None)
         if channel is not None and channel.is_open and self.consumer_tag:
             d = channel.call("basic.cancel", consumer_tag=self.consumer_tag)
             d.addErrback(lambda _: None)
-        in_flight = list(self._in_flight)
 
         def drained(_: object) -> Deferred[Any]:
-            return DeferredList(in_flight, consumeErrors=True)
+            # taken after cancel-ok: deliveries that arrived until then finish too
+            return DeferredList(list(self._in_flight), consumeErrors=True)
 
         d.addCallback(drained)
         d.addCallback(lambda _: channel.close() if channel is not None and channel.is_open else None)
@@ -105,7 +119,9 @@ class Consumer(Service):
 
     def wait_consuming(self) -> Deferred[Consumer]:
         """
-        Fire once this consumer is registered with the broker.
+        Fire once this consumer is registered with the broker; fail with the
+        broker's error if registering failed (e.g. L{NotFound} for a missing
+        queue).  The consumer keeps retrying in the background either way.
         """
         if self.channel is not None and self.channel.is_open and self.consumer_tag:
             return succeed(self)
@@ -116,33 +132,91 @@ class Consumer(Service):
     def _on_ready(self, protocol: AMQPProtocol) -> Deferred[Any]:
         def opened(channel: Channel) -> Deferred[Any]:
             self.channel = channel
-            channel.on_cancel = self._cancelled
+            channel.on_cancel = lambda tag: self._cancelled(channel, tag)
+            channel.when_closed(lambda reason: self._channel_closed(channel, reason))
             d = channel.call("basic.qos", prefetch_size=0, prefetch_count=self.prefetch, global_=False)
             queue = self.queue
-            name = queue.resolve(self.connection.names) if isinstance(queue, Queue) else queue
-            d.addCallback(lambda _: channel.call("basic.consume", queue=name, consumer_tag=""))
+            d.addCallback(lambda _: self._queue_name())
+            d.addCallback(lambda name: channel.call("basic.consume", queue=name, consumer_tag=""))
 
             def consuming(result: dict[str, Any]) -> None:
                 self.consumer_tag = result["consumer_tag"]
+                self._retry_delay = RESUME_DELAY
                 channel.consumers[self.consumer_tag] = lambda a, p, b: self._deliver(channel, a, p, b)
-                self._log.info("consuming {queue} (prefetch {prefetch})", queue=name, prefetch=self.prefetch)
+                self._log.info("consuming {queue} (prefetch {prefetch})", queue=queue, prefetch=self.prefetch)
                 waiters, self._consuming_waiters = self._consuming_waiters, []
                 for w in waiters:
                     w.callback(self)
 
             return d.addCallback(consuming)
 
-        return protocol.open_channel().addCallback(opened)
+        def failed(reason: Failure) -> None:
+            self._log.error(
+                "cannot consume {queue}: {error}; retrying in {delay:g} s",
+                queue=self.queue,
+                error=reason.getErrorMessage(),
+                delay=self._retry_delay,
+            )
+            waiters, self._consuming_waiters = self._consuming_waiters, []
+            for w in waiters:
+                w.errback(reason)
+            self._schedule_resume()
 
-    def _cancelled(self, tag: str) -> None:
+        # A consumer that cannot start must not keep the connection from being ready.
+        return protocol.open_channel().addCallback(opened).addErrback(failed)
+
+    def _queue_name(self) -> str:
+        queue = self.queue
+        return queue.resolve(self.connection.names) if isinstance(queue, Queue) else queue
+
+    def _channel_closed(self, channel: Channel, reason: Failure) -> None:
+        if self.channel is channel:
+            self.channel = None
+        if self.running and reason.check(ChannelError) and channel.protocol.is_open:
+            # e.g. 406 from a consumer timeout: the connection lives, so start again
+            self._log.warn(
+                "consumer channel on {queue} closed: {error}", queue=self.queue, error=reason.value
+            )
+            self._schedule_resume()
+
+    def _cancelled(self, channel: Channel, tag: str) -> None:
         self._log.warn(
-            "the broker cancelled consumer {tag} on {queue} (queue deleted?)", tag=tag, queue=self.queue
+            "the broker cancelled consumer {tag} on {queue} (queue deleted?); resuming",
+            tag=tag,
+            queue=self.queue,
         )
+        if self.channel is channel:
+            self.channel = None
+        channel.close().addErrback(lambda _: None)
+        self._schedule_resume()
+
+    def _schedule_resume(self) -> None:
+        if not self.running or (self._resume is not None and self._resume.active()):
+            return
+        delay = self._retry_delay
+        self._retry_delay = min(delay * 2, MAX_RESUME_DELAY)
+        self._resume = self.connection.reactor.callLater(delay, self._try_resume)
+
+    def _try_resume(self) -> None:
+        self._resume = None
+        protocol = self.connection.protocol
+        if not self.running or protocol is None or not protocol.is_open:
+            return  # the next connection's ready hook starts it
+        d: Deferred[Any] = succeed(None)
+        if isinstance(self.queue, Queue) and self.queue in self.connection.topology:
+            # a deleted queue that is part of the topology is declared again
+            d = self.connection.declare(self.queue)
+        d.addCallback(lambda _: self._on_ready(protocol))
+        d.addErrback(lambda f: self._on_ready_failed(f))
+
+    def _on_ready_failed(self, reason: Failure) -> None:
+        self._log.error("cannot consume {queue}: {error}", queue=self.queue, error=reason.getErrorMessage())
+        self._schedule_resume()
 
     def _deliver(self, channel: Channel, args: dict[str, Any], props: dict[str, Any], body: bytes) -> None:
-        message = Message.from_delivery(body, props, args, allow_pickle=self.allow_pickle)
         tag = args["delivery_tag"]
         try:
+            message = Message.from_delivery(body, props, args, allow_pickle=self.allow_pickle)
             message.payload  # noqa: B018 - decode before the handler sees it
         except UndecodableMessage as e:
             self._log.error(
@@ -151,6 +225,10 @@ class Consumer(Service):
                 queue=self.queue,
                 error=e,
             )
+            channel.reject(tag, requeue=False)
+            return
+        except Exception:  # noqa: BLE001 - a message that cannot be read must not stop the consumer
+            self._log.failure("rejecting unreadable message {tag} from {queue}", tag=tag, queue=self.queue)
             channel.reject(tag, requeue=False)
             return
         # A synchronous handler is settled at once; only an asynchronous result

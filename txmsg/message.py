@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any
 
-from txmsg._codec import PROPERTY_NAMES
+from txmsg._codec import PROPERTY_NAMES, timestamp_to_datetime
 from txmsg.errors import UndecodableMessage
 
 JSON = "application/json"
@@ -142,7 +142,8 @@ class Message:
     reply_to: str | None = None
     expiration: str | None = None
     message_id: str | None = None
-    timestamp: _dt.datetime | None = None
+    #: a datetime; a raw int when a peer sent a value datetime cannot hold
+    timestamp: _dt.datetime | int | None = None
     type: str | None = None
     user_id: str | None = None
     app_id: str | None = None
@@ -182,7 +183,7 @@ class Message:
             **properties,
         )
         if "timestamp" in props:
-            props["timestamp"] = _EPOCH + _dt.timedelta(seconds=props["timestamp"])
+            props["timestamp"] = timestamp_to_datetime(props["timestamp"])
         return cls(body=body, **props)
 
     @classmethod
@@ -201,7 +202,7 @@ class Message:
         props = dict(properties)
         ts = props.get("timestamp")
         if ts is not None:
-            props["timestamp"] = _EPOCH + _dt.timedelta(seconds=ts)
+            props["timestamp"] = timestamp_to_datetime(ts)
         return cls(
             body=body,
             exchange=delivery.get("exchange", ""),
@@ -226,7 +227,7 @@ class Message:
             value = getattr(self, name)
             if value is None:
                 continue
-            if name == "timestamp":
+            if name == "timestamp" and isinstance(value, _dt.datetime):
                 if value.tzinfo is None:
                     value = value.replace(tzinfo=_dt.timezone.utc)
                 value = int((value - _EPOCH).total_seconds())

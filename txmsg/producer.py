@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txmsg._channel import Channel
+from txmsg._channel import Channel, check_publish
 from txmsg._protocol import AMQPProtocol
 from txmsg.connection import Connection
 from txmsg.errors import ChannelError, TxmsgError
@@ -85,6 +85,10 @@ class Producer:
         #: waiting for a channel
         self._waiting: deque[_Pending] = deque()
         self._by_message_id: dict[str, _Pending] = {}
+        self._watching = False
+        #: the frame_max of the last connection, for checking publishes made while down
+        self._frame_max = 131072
+        connection.add_stop_listener(self._stopped)
         connection.add_ready_hook(self._on_ready)
 
     def publish(
@@ -118,24 +122,25 @@ class Producer:
             # returns are matched to their publish by message id
             props["message_id"] = uuid.uuid4().hex
         pending = _Pending(exchange, routing_key, body, props, mandatory)
-        if timeout is not None:
-            pending.timer = self.connection.reactor.callLater(timeout, self._timed_out, pending)
         channel = self._channel
-        if channel is not None and channel.is_open:
-            self._send(channel, pending)
-        else:
-            self._waiting.append(pending)
-            self.connection.when_ready().addErrback(self._fail_waiting)
+        try:
+            if channel is not None and channel.is_open:
+                self._send(channel, pending)
+            else:
+                # refuse now what could never be sent, rather than after the wait
+                check_publish(exchange, routing_key, props, self._frame_max)
+                self._wait_for_connection(pending)
+        except (TypeError, ValueError) as e:
+            return fail(e)
+        if timeout is not None and not pending.deferred.called:
+            pending.timer = self.connection.reactor.callLater(timeout, self._timed_out, pending)
         return pending.deferred
 
     # ------------------------------------------------------------------
 
     def _send(self, channel: Channel, pending: _Pending) -> None:
-        tag = self._next_tag
-        self._next_tag = tag + 1
-        self._unconfirmed[tag] = pending
-        if pending.mandatory:
-            self._by_message_id[pending.props["message_id"]] = pending
+        # Encoding fails before anything is written, so a bad message takes no
+        # delivery tag and the broker's confirms stay matched to their publishes.
         channel.publish(
             pending.exchange,
             pending.routing_key,
@@ -143,6 +148,35 @@ class Producer:
             pending.props,
             pending.mandatory,
         )
+        tag = self._next_tag
+        self._next_tag = tag + 1
+        self._unconfirmed[tag] = pending
+        if pending.mandatory:
+            self._by_message_id[pending.props["message_id"]] = pending
+
+    def _wait_for_connection(self, pending: _Pending) -> None:
+        self._waiting.append(pending)
+        if not self._watching:
+            self._watching = True
+
+            def outcome(result: Any) -> None:
+                self._watching = False
+                if isinstance(result, Failure):
+                    self._fail_waiting(result)
+
+            self.connection.when_ready().addBoth(outcome)
+
+    def _stopped(self, reason: Failure) -> None:
+        """
+        The connection stopped for good: nothing unconfirmed will be confirmed.
+        """
+        pending = list(self._unconfirmed.values()) + list(self._waiting)
+        self._unconfirmed.clear()
+        self._by_message_id.clear()
+        self._waiting.clear()
+        self._channel = None
+        for p in pending:
+            self._settle(p, reason)
 
     def _on_ready(self, protocol: AMQPProtocol) -> Deferred[Any]:
         d = protocol.open_channel()
@@ -162,23 +196,31 @@ class Producer:
         self._by_message_id.clear()
         self._waiting.clear()
         self._channel = channel
+        self._frame_max = channel.protocol.frame_max
         self._next_tag = 1
         if resend:
             self._log.info("publishing {n} unconfirmed messages again", n=len(resend))
         for pending in resend:
             if not pending.deferred.called:
-                self._send(channel, pending)
+                try:
+                    self._send(channel, pending)
+                except (TypeError, ValueError) as e:  # e.g. a smaller frame_max on this node
+                    self._settle(pending, Failure(e))
 
     def _channel_closed(self, channel: Channel, reason: Failure) -> None:
         if self._channel is channel:
             self._channel = None
         if reason.check(ChannelError):
-            # The broker closed the channel because of a publish (e.g. an exchange
-            # that does not exist): those messages fail, the others go again.
+            # The broker closed the channel because of a publish (e.g. to an
+            # exchange that does not exist): the publishes to the exchange it
+            # names fail; the others go again on a new channel.  If it names
+            # none of them, which publish caused it is unknown: all fail.
             self._log.warn("publishing channel closed: {error}", error=reason.value)
-            for pending in list(self._unconfirmed.values()):
+            text = getattr(reason.value, "reply_text", "")
+            unconfirmed = list(self._unconfirmed.values())
+            culprits = [p for p in unconfirmed if p.exchange and f"'{p.exchange}'" in text]
+            for pending in culprits or unconfirmed:
                 self._settle(pending, reason)
-            self._unconfirmed.clear()
             protocol = channel.protocol
             if protocol.is_open:
                 self._on_ready(protocol).addErrback(
@@ -222,9 +264,7 @@ class Producer:
             )
 
     def _timed_out(self, pending: _Pending) -> None:
-        pending.timer = None
-        if pending in self._waiting:
-            self._waiting.remove(pending)
+        pending.timer = None  # a settled publish is skipped wherever it still waits
         self._settle(
             pending,
             Failure(

@@ -45,6 +45,12 @@ class Exchange:
     arguments: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
+        if self.type not in EXCHANGE_TYPES and not self.type.startswith("x-"):
+            # the broker answers an unknown type by closing the whole connection (503)
+            raise ValueError(
+                f"unknown exchange type {self.type!r}: use one of {', '.join(EXCHANGE_TYPES)}, "
+                "or a plugin's x-... type"
+            )
         if not self.name or self.name.startswith("amq."):
             if not self.passive:
                 raise ValueError(
