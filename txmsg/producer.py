@@ -7,6 +7,12 @@ may be unconfirmed at once, and one C{basic.ack} with C{multiple} settles them a
 Messages published while the connection is down wait for it; messages that were
 sent but not confirmed when a connection died are published again after the
 reconnect (at-least-once: a consumer may see such a message twice).
+
+Backpressure: a publish is written only while the socket's write buffer has
+room (the protocol is the transport's push producer), fewer than C{window}
+messages await their confirm, and the broker has not sent C{connection.blocked}.
+Otherwise it waits in order, and its Deferred fires later: a publisher that
+yields on its Deferreds, or on bounded batches of them, keeps bounded memory.
 """
 
 from __future__ import annotations
@@ -53,6 +59,10 @@ class PublishTimeout(TxmsgError):
     """
 
 
+#: how many published messages may await their confirm at once
+DEFAULT_WINDOW = 1000
+
+
 class _Pending:
     __slots__ = ("body", "deferred", "exchange", "mandatory", "props", "returned", "routing_key", "timer")
 
@@ -72,17 +82,25 @@ class _Pending:
 class Producer:
     """
     Publish messages through C{connection}, each confirmed by the broker.
+
+    @param window: the most messages that may await their confirm at once;
+        further publishes wait for confirms (or for the write buffer to drain,
+        or for the broker to unblock) before they are written.
     """
 
     _log = Logger()
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, *, window: int = DEFAULT_WINDOW) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
         self.connection = connection
+        self.window = window
         self._channel: Channel | None = None
         self._next_tag = 1
         #: delivery tag -> pending publish, in publish order
         self._unconfirmed: OrderedDict[int, _Pending] = OrderedDict()
-        #: waiting for a channel
+        #: not yet written: waiting for a channel, for room in the window, for
+        #: the write buffer to drain or for the broker to unblock
         self._waiting: deque[_Pending] = deque()
         self._by_message_id: dict[str, _Pending] = {}
         self._watching = False
@@ -124,19 +142,59 @@ class Producer:
         pending = _Pending(exchange, routing_key, body, props, mandatory)
         channel = self._channel
         try:
-            if channel is not None and channel.is_open:
+            if channel is not None and not self._waiting and self._can_write(channel):
                 self._send(channel, pending)
             else:
                 # refuse now what could never be sent, rather than after the wait
                 check_publish(exchange, routing_key, props, self._frame_max)
-                self._wait_for_connection(pending)
+                self._waiting.append(pending)
+                if channel is None:
+                    self._watch_connection()
         except (TypeError, ValueError) as e:
             return fail(e)
         if timeout is not None and not pending.deferred.called:
             pending.timer = self.connection.reactor.callLater(timeout, self._timed_out, pending)
         return pending.deferred
 
+    @property
+    def unconfirmed(self) -> int:
+        """
+        How many written messages await their confirm.
+        """
+        return len(self._unconfirmed)
+
+    @property
+    def waiting(self) -> int:
+        """
+        How many published messages wait to be written (backpressure or outage).
+        """
+        return sum(1 for p in self._waiting if not p.deferred.called)
+
     # ------------------------------------------------------------------
+
+    def _can_write(self, channel: Channel) -> bool:
+        protocol = channel.protocol
+        return (
+            channel.is_open
+            and protocol.writable
+            and protocol.blocked is None
+            and len(self._unconfirmed) < self.window
+        )
+
+    def _drain(self) -> None:
+        """
+        Write waiting publishes, in order, while there is room.
+        """
+        channel = self._channel
+        waiting = self._waiting
+        while waiting and channel is not None and self._can_write(channel):
+            pending = waiting.popleft()
+            if pending.deferred.called:  # timed out while it waited
+                continue
+            try:
+                self._send(channel, pending)
+            except (TypeError, ValueError) as e:  # e.g. a smaller frame_max on this node
+                self._settle(pending, Failure(e))
 
     def _send(self, channel: Channel, pending: _Pending) -> None:
         # Encoding fails before anything is written, so a bad message takes no
@@ -154,8 +212,10 @@ class Producer:
         if pending.mandatory:
             self._by_message_id[pending.props["message_id"]] = pending
 
-    def _wait_for_connection(self, pending: _Pending) -> None:
-        self._waiting.append(pending)
+    def _watch_connection(self) -> None:
+        """
+        Fail the waiting publishes if the connection stops for good.
+        """
         if not self._watching:
             self._watching = True
 
@@ -190,22 +250,25 @@ class Producer:
         return d.addCallback(opened)
 
     def _use(self, channel: Channel) -> None:
-        # Anything sent on the old channel and not confirmed goes out again.
-        resend = list(self._unconfirmed.values()) + list(self._waiting)
+        # Anything sent on the old channel and not confirmed goes out again,
+        # ahead of what waits to be written for the first time.
+        resend = [p for p in self._unconfirmed.values() if not p.deferred.called]
         self._unconfirmed.clear()
         self._by_message_id.clear()
-        self._waiting.clear()
+        self._waiting.extendleft(reversed(resend))
         self._channel = channel
         self._frame_max = channel.protocol.frame_max
         self._next_tag = 1
         if resend:
             self._log.info("publishing {n} unconfirmed messages again", n=len(resend))
-        for pending in resend:
-            if not pending.deferred.called:
-                try:
-                    self._send(channel, pending)
-                except (TypeError, ValueError) as e:  # e.g. a smaller frame_max on this node
-                    self._settle(pending, Failure(e))
+        protocol = channel.protocol
+        protocol.flow_listeners.append(self._drain)
+        channel.when_closed(lambda _: self._forget_flow(protocol))
+        self._drain()
+
+    def _forget_flow(self, protocol: AMQPProtocol) -> None:
+        if self._drain in protocol.flow_listeners:
+            protocol.flow_listeners.remove(self._drain)
 
     def _channel_closed(self, channel: Channel, reason: Failure) -> None:
         if self._channel is channel:
@@ -222,7 +285,7 @@ class Producer:
             for pending in culprits or unconfirmed:
                 self._settle(pending, reason)
             protocol = channel.protocol
-            if protocol.is_open:
+            if protocol.is_open and self.connection.protocol is protocol:
                 self._on_ready(protocol).addErrback(
                     lambda f: self._log.failure("reopening the publishing channel", f)
                 )
@@ -255,6 +318,8 @@ class Producer:
                         )
                     ),
                 )
+        if self._waiting:
+            self._drain()
 
     def _returned(self, args: dict[str, Any], props: dict[str, Any], body: bytes) -> None:
         pending = self._by_message_id.get(props.get("message_id") or "")
@@ -284,6 +349,7 @@ class Producer:
         pending.timer = None
         if pending.deferred.called:
             return
+        pending.body = b""  # a settled publish may linger in a queue: keep it small
         if failure is None:
             pending.deferred.callback(None)
         else:

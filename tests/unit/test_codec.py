@@ -261,3 +261,37 @@ def test_body_split_to_frame_max() -> None:
         pos += 8 + size
     assert max(sizes) <= 4096
     assert b"".join(pieces) == body
+
+
+def test_content_header_with_continuation_flag_keeps_the_first_flag_words_properties() -> None:
+    """
+    A property-flags word with the continuation bit (0x0001) set is followed by
+    another flags word; the properties of the first word still decode.
+    """
+    shortstr = b"\x10application/json"
+    payload = struct.pack("!HHQ", 60, 0, 5) + struct.pack("!H", 0x8001) + struct.pack("!H", 0) + shortstr
+    size, props = _codec.decode_content_header(payload, 0)
+    assert size == 5
+    assert props == {"content_type": "application/json"}
+
+
+def test_timestamp_beyond_datetime_stays_an_int() -> None:
+    """
+    A timestamp written in milliseconds (as some peers do) is out of datetime's
+    range: it decodes as the raw integer instead of failing the delivery.
+    """
+    millis = 1_700_000_000_000_000
+    assert _codec.timestamp_to_datetime(millis) == millis
+    assert _codec.timestamp_to_datetime(0) == dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    raw = b"T" + struct.pack("!Q", 2**63 - 1)
+    table = struct.pack("!I", 3 + len(raw)) + b"\x02ts" + raw
+    assert _codec.decode_table(table, 0)[0] == {"ts": 2**63 - 1}
+
+
+def test_message_properties_larger_than_a_frame_are_refused() -> None:
+    """
+    Headers too big for one content-header frame are a ValueError before any
+    byte is written (the broker would close the connection on a split header).
+    """
+    with pytest.raises(ValueError, match="frame_max"):
+        _codec.publish_frames(1, "", "q", False, {"headers": {"h": "x" * 5000}}, b"body", 4096)

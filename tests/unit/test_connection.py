@@ -246,3 +246,63 @@ def test_undeclared_server_named_queue_has_no_name() -> None:
     """
     with pytest.raises(LookupError):
         Queue(exclusive=True).resolve({})
+
+
+def test_cluster_endpoint_falls_through_unresolvable_hosts() -> None:
+    """
+    A host that does not resolve (DNSLookupError) is skipped like a refused one.
+    """
+    from twisted.internet.error import DNSLookupError
+
+    class Unresolvable(FakeParams):
+        def endpoint(self, reactor: Any) -> Any:
+            class Endpoint:
+                def connect(self, factory: Any) -> Any:
+                    return fail(DNSLookupError("no such host"))
+
+            return Endpoint()
+
+    ep = ClusterEndpoint([Unresolvable("nowhere"), FakeParams("b")], Clock())  # type: ignore[list-item]
+    assert ep.connect(None).result == "b"
+
+
+def test_a_failing_ready_hook_does_not_keep_the_connection_from_ready() -> None:
+    """
+    A hook that raises is logged; later hooks still run and the connection
+    becomes ready.
+    """
+    clock = Clock()
+    conn, ep = make_connection(clock)
+    ran: list[str] = []
+
+    def broken(protocol: Any) -> None:
+        raise RuntimeError("hook bug")
+
+    conn.add_ready_hook(broken)
+    conn.add_ready_hook(lambda p: ran.append("second"))
+    ready: list[Any] = []
+    conn.when_ready().addCallback(ready.append)
+    handshake(ep.protocols[0])
+    assert ran == ["second"] and ready
+    assert len(ep.protocols) == 1  # not torn down and retried
+
+
+def test_a_hook_added_while_hooks_run_runs_on_this_connection() -> None:
+    """
+    A ready hook that adds another (a consumer making a producer) gets the new
+    one run during the same preparation, before the connection is ready.
+    """
+    clock = Clock()
+    conn, ep = make_connection(clock)
+    order: list[str] = []
+
+    def first(protocol: Any) -> None:
+        order.append("first")
+        conn.add_ready_hook(lambda p: order.append("added"))
+
+    conn.add_ready_hook(first)
+    ready: list[Any] = []
+    conn.when_ready().addCallback(lambda p: ready.append(list(order)))
+    handshake(ep.protocols[0])
+    assert ready == [["first", "added"]]
+    assert order == ["first", "added"]  # and only once

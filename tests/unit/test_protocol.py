@@ -452,3 +452,33 @@ def test_heartbeat_negotiation(client: int, server: int, expected: int) -> None:
     b.start()
     b.feed(method(0, "connection.tune", channel_max=0, frame_max=131072, heartbeat=server))
     assert b.protocol.heartbeat == expected
+
+
+def test_truncated_method_frame_is_a_protocol_error() -> None:
+    """
+    A well-framed method whose arguments are cut short is a ProtocolError
+    naming the problem, not an exception escaping dataReceived.
+    """
+    b = Broker()
+    b.handshake()
+    payload = struct.pack("!HH", 60, 60) + b"\x03abc"  # basic.deliver without the rest
+    b.feed(struct.pack("!BHI", 1, 1, len(payload)) + payload + b"\xce")
+    assert b.transport.disconnecting
+    assert "ProtocolError" in type(b.protocol._close_error).__name__
+
+
+def test_call_with_an_unknown_argument_fails_without_writing() -> None:
+    """
+    Channel.call refuses an argument the method does not have (a typo) with a
+    TypeError, and writes nothing, so later replies stay matched.
+    """
+    b = Broker()
+    b.handshake()
+    opened: list[Any] = []
+    b.protocol.open_channel().addCallback(opened.append)
+    b.feed(method(1, "channel.open-ok"))
+    b.transport.clear()
+    failures: list[Any] = []
+    opened[0].call("queue.declare", queue="q", durabel=True).addErrback(failures.append)
+    assert failures[0].check(TypeError) and "durabel" in str(failures[0].value)
+    assert b.transport.value() == b""
