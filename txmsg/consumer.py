@@ -3,16 +3,19 @@ Consuming with manual acks and fair dispatch.
 
 A L{Consumer} sets a bounded prefetch (C{basic.qos}) and consumes a queue; each
 message goes to the handler, which may return a value, a Deferred or a coroutine.
-The message is acked when the handler succeeds.  A handler's exception is logged
-and the message is rejected without requeue (a dead-letter exchange catches it),
-unless the handler raises L{Requeue}.  A body that does not decode as its content
-type says is rejected without reaching the handler.  After a reconnect the
-consumer resumes by itself.
+The message is acked when the handler succeeds (acks are batched into one
+C{multiple} ack where every earlier delivery is settled too).  A handler's
+exception is logged and the message is rejected without requeue (a dead-letter
+exchange catches it), unless the handler raises L{Requeue}.  Redeliveries are
+capped so that a failing message cannot spin.  A body that does not decode as its
+content type says is rejected without reaching the handler.  After a reconnect,
+a channel error or a broker-side cancel the consumer resumes by itself.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -30,7 +33,13 @@ from txmsg.topology import Queue
 
 Handler = Callable[[Message], Any | Deferred[Any] | Awaitable[Any]]
 
-DEFAULT_PREFETCH = 50
+#: small enough that a consumer joining later gets its share of a backlog
+DEFAULT_PREFETCH = 10
+#: a message is dead-lettered rather than requeued once it was delivered this
+#: many times before (quorum queues count in C{x-delivery-count})
+DEFAULT_MAX_REDELIVERIES = 5
+#: how long stopping waits for running handlers
+DEFAULT_STOP_TIMEOUT = 30.0
 #: first and longest wait before consuming again after the broker closed or
 #: cancelled this consumer, or refused to start it
 RESUME_DELAY = 0.5
@@ -39,7 +48,8 @@ MAX_RESUME_DELAY = 30.0
 
 class Requeue(TxmsgError):
     """
-    Raise from a handler to put the message back on its queue for another consumer.
+    Raise from a handler to put the message back on its queue for another
+    consumer (up to the consumer's redelivery cap; then it is dead-lettered).
     """
 
 
@@ -49,13 +59,112 @@ class Reject(TxmsgError):
     """
 
 
+def delivery_count(message: Message) -> int | None:
+    """
+    How many times the broker delivered this message before, where the queue
+    counts it (RabbitMQ quorum queues' C{x-delivery-count}); else C{None}.
+    """
+    headers = message.headers
+    if headers:
+        count = headers.get("x-delivery-count")
+        if isinstance(count, int) and not isinstance(count, bool):
+            return count
+    return None
+
+
+class _Acks:
+    """
+    Settles the deliveries of one channel.  Acks wait until the end of the
+    reactor turn and then go as one C{multiple} ack for the longest run of
+    settled deliveries from the oldest, and singly for the rest; rejects go at
+    once.  A C{multiple} ack is only sent where every earlier delivery on the
+    channel is settled, so it never acks a message still being handled.
+    """
+
+    def __init__(self, channel: Channel, reactor: Any) -> None:
+        self.channel = channel
+        self.reactor = reactor
+        #: deliveries in handlers or acked but not yet flushed, oldest first: tag -> acked
+        self._open: OrderedDict[int, bool] = OrderedDict()
+        self._acked = 0
+        #: every delivery up to this tag is settled (and none is in _open)
+        self._upto = 0
+        self._call: Any = None
+
+    def begin(self, tag: int) -> None:
+        """
+        A delivery goes to an asynchronous handler: it stays open until settled.
+        """
+        self._open[tag] = False
+
+    def ack(self, tag: int) -> None:
+        open_ = self._open
+        if tag in open_ or open_:
+            # behind an open delivery: flushed singly unless that one settles first
+            open_[tag] = True
+            self._acked += 1
+        else:
+            self._upto = tag
+        if self._call is None:
+            self._call = self.reactor.callLater(0, self.flush)
+
+    def reject(self, tag: int, requeue: bool) -> None:
+        self._open.pop(tag, None)
+        self.channel.reject(tag, requeue=requeue)
+
+    def flush(self) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+        open_ = self._open
+        last = self._upto
+        self._upto = 0
+        while open_ and self._acked:
+            tag, acked = next(iter(open_.items()))
+            if not acked:
+                break
+            open_.popitem(last=False)
+            self._acked -= 1
+            last = tag
+        if last:
+            self.channel.ack(last, multiple=True)
+        if self._acked:
+            for tag in [t for t, acked in open_.items() if acked]:
+                del open_[tag]
+                self.channel.ack(tag)
+            self._acked = 0
+
+    def discard(self) -> None:
+        """
+        The channel closed: unacked deliveries went back to the queue.
+        """
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._open.clear()
+        self._acked = self._upto = 0
+
+
 class Consumer(Service):
     """
     Consume C{queue} with C{handler}; an C{IService}: start it to consume, stop it
-    to cancel (messages being handled finish first).
+    to cancel (running handlers finish and are acked first).
 
+    @param queue: a L{Queue}, which this consumer declares on every connection
+        (it owns it: when the queue is deleted it is declared again), or the
+        name of a queue someone else declares.
     @param prefetch: how many unacked messages the broker may send this consumer;
         bounded by default so that consumers joining later get their share.
+    @param concurrency: how many asynchronous handlers may run at once (by
+        default as many as C{prefetch} lets in); further messages wait, unacked.
+    @param max_redeliveries: where the queue counts deliveries (quorum queues),
+        a message delivered this many times before is dead-lettered instead of
+        requeued or handled again.  Elsewhere the broker only flags a message as
+        redelivered: a L{Requeue} of a redelivered message dead-letters it.
+    @param stop_timeout: how long L{stopService} waits for running handlers;
+        those still running then are left unacked for the broker to redeliver.
+    @param on_cancel: called with this consumer when the broker cancels it and
+        it does not own the queue (it keeps retrying in the background).
     @param allow_pickle: decode C{application/python-pickle} bodies (off by default).
     """
 
@@ -68,22 +177,45 @@ class Consumer(Service):
         handler: Handler,
         *,
         prefetch: int = DEFAULT_PREFETCH,
+        concurrency: int | None = None,
+        max_redeliveries: int = DEFAULT_MAX_REDELIVERIES,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+        on_cancel: Callable[[Consumer], None] | None = None,
         allow_pickle: bool = False,
     ) -> None:
         if prefetch < 0 or prefetch > 65535:
             raise ValueError("prefetch must be between 0 and 65535")
+        if concurrency is not None and concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if max_redeliveries < 0:
+            raise ValueError("max_redeliveries must not be negative")
         self.connection = connection
         self.queue = queue
         self.handler = handler
         self.prefetch = prefetch
+        self.concurrency = concurrency
+        self.max_redeliveries = max_redeliveries
+        self.stop_timeout = stop_timeout
+        self.on_cancel = on_cancel
         self.allow_pickle = allow_pickle
         self.channel: Channel | None = None
         self.consumer_tag: str | None = None
+        #: messages settled (acked, rejected or dead-lettered) so far
         self.consumed = 0
+        self._acks: _Acks | None = None
         self._in_flight: set[Deferred[Any]] = set()
+        self._backlog: deque[tuple[Channel, dict[str, Any], dict[str, Any], bytes]] = deque()
         self._consuming_waiters: list[Deferred[Consumer]] = []
         self._resume: Any = None
         self._retry_delay = RESUME_DELAY
+
+    @property
+    def owns_queue(self) -> bool:
+        """
+        Whether this consumer declares its queue (and declares it again if deleted).
+        """
+        queue = self.queue
+        return isinstance(queue, Queue) and not queue.passive and queue not in self.connection.topology
 
     def startService(self) -> None:
         if self.running:
@@ -95,6 +227,11 @@ class Consumer(Service):
             self.connection.startService()
 
     def stopService(self) -> Deferred[None]:
+        """
+        Cancel consumption, let running handlers finish (up to C{stop_timeout})
+        and ack them, then close the channel.  Messages that were delivered but
+        not yet handed to the handler go back to the queue, unprocessed.
+        """
         if not self.running:
             return succeed(None)
         Service.stopService(self)
@@ -102,19 +239,50 @@ class Consumer(Service):
         if self._resume is not None and self._resume.active():
             self._resume.cancel()
         self._resume = None
+        self._backlog.clear()
         channel, self.channel = self.channel, None
+        acks = self._acks
         d: Deferred[Any] = succeed(None)
         if channel is not None and channel.is_open and self.consumer_tag:
             d = channel.call("basic.cancel", consumer_tag=self.consumer_tag)
             d.addErrback(lambda _: None)
 
         def drained(_: object) -> Deferred[Any]:
-            # taken after cancel-ok: deliveries that arrived until then finish too
-            return DeferredList(list(self._in_flight), consumeErrors=True)
+            # taken after cancel-ok: no delivery starts a handler after that
+            running = list(self._in_flight)
+            if not running:
+                return succeed(None)
+            self._log.info("waiting for {n} running handlers", n=len(running))
+            # the handlers' own Deferreds are never cancelled: one that finishes
+            # after the timeout settles nothing (its channel is closed by then)
+            finished: Deferred[None] = Deferred()
+
+            def done(_: object) -> None:
+                if not finished.called:
+                    finished.callback(None)
+
+            def timed_out() -> None:
+                self._log.warn(
+                    "{n} handlers still running after {t:g} s; their messages go back to the queue",
+                    n=len(self._in_flight),
+                    t=self.stop_timeout,
+                )
+                done(None)
+
+            timer = self.connection.reactor.callLater(self.stop_timeout, timed_out)
+            DeferredList(running, consumeErrors=True).addBoth(done)
+            return finished.addBoth(lambda _: timer.cancel() if timer.active() else None)
+
+        def close(_: object) -> Any:
+            if channel is None or not channel.is_open:
+                return None
+            if acks is not None:
+                acks.flush()
+            return channel.close()
 
         d.addCallback(drained)
-        d.addCallback(lambda _: channel.close() if channel is not None and channel.is_open else None)
-        d.addErrback(lambda _: None)
+        d.addCallback(close)
+        d.addErrback(lambda f: self._log.failure("stopping the consumer on {queue}", f, queue=self.queue))
         return d
 
     def wait_consuming(self) -> Deferred[Consumer]:
@@ -129,13 +297,26 @@ class Consumer(Service):
         self._consuming_waiters.append(d)
         return d
 
+    # ------------------------------------------------------------------
+    # registering with the broker
+
     def _on_ready(self, protocol: AMQPProtocol) -> Deferred[Any]:
+        owns = self.owns_queue
+
         def opened(channel: Channel) -> Deferred[Any]:
             self.channel = channel
+            self._acks = _Acks(channel, self.connection.reactor)
             channel.on_cancel = lambda tag: self._cancelled(channel, tag)
             channel.when_closed(lambda reason: self._channel_closed(channel, reason))
-            d = channel.call("basic.qos", prefetch_size=0, prefetch_count=self.prefetch, global_=False)
-            queue = self.queue
+            d: Deferred[Any] = succeed(None)
+            if owns:
+                assert isinstance(self.queue, Queue)
+                d = self.queue.declare(channel, self.connection.names)
+            d.addCallback(
+                lambda _: channel.call(
+                    "basic.qos", prefetch_size=0, prefetch_count=self.prefetch, global_=False
+                )
+            )
             d.addCallback(lambda _: self._queue_name())
             d.addCallback(lambda name: channel.call("basic.consume", queue=name, consumer_tag=""))
 
@@ -143,7 +324,11 @@ class Consumer(Service):
                 self.consumer_tag = result["consumer_tag"]
                 self._retry_delay = RESUME_DELAY
                 channel.consumers[self.consumer_tag] = lambda a, p, b: self._deliver(channel, a, p, b)
-                self._log.info("consuming {queue} (prefetch {prefetch})", queue=queue, prefetch=self.prefetch)
+                self._log.info(
+                    "consuming {queue} (prefetch {prefetch})",
+                    queue=self._queue_name(),
+                    prefetch=self.prefetch,
+                )
                 waiters, self._consuming_waiters = self._consuming_waiters, []
                 for w in waiters:
                     w.callback(self)
@@ -172,6 +357,10 @@ class Consumer(Service):
     def _channel_closed(self, channel: Channel, reason: Failure) -> None:
         if self.channel is channel:
             self.channel = None
+            self._backlog.clear()  # the broker requeued them with the channel
+            if self._acks is not None:
+                self._acks.discard()
+            self._acks = None
         if self.running and reason.check(ChannelError) and channel.protocol.is_open:
             # e.g. 406 from a consumer timeout: the connection lives, so start again
             self._log.warn(
@@ -180,13 +369,28 @@ class Consumer(Service):
             self._schedule_resume()
 
     def _cancelled(self, channel: Channel, tag: str) -> None:
-        self._log.warn(
-            "the broker cancelled consumer {tag} on {queue} (queue deleted?); resuming",
-            tag=tag,
-            queue=self.queue,
-        )
+        if self.owns_queue:
+            self._log.warn(
+                "the broker cancelled consumer {tag} on {queue} (queue deleted?); declaring it again",
+                tag=tag,
+                queue=self.queue,
+            )
+        else:
+            self._log.error(
+                "the broker cancelled consumer {tag} on {queue}, a queue this consumer does not own "
+                "(deleted?); retrying in the background",
+                tag=tag,
+                queue=self.queue,
+            )
+            if self.on_cancel is not None:
+                try:
+                    self.on_cancel(self)
+                except Exception:  # noqa: BLE001 - the application's callback must not stop the consumer
+                    self._log.failure("on_cancel callback failed")
         if self.channel is channel:
             self.channel = None
+        if self._acks is not None:
+            self._acks.flush()
         channel.close().addErrback(lambda _: None)
         self._schedule_resume()
 
@@ -204,16 +408,31 @@ class Consumer(Service):
             return  # the next connection's ready hook starts it
         d: Deferred[Any] = succeed(None)
         if isinstance(self.queue, Queue) and self.queue in self.connection.topology:
-            # a deleted queue that is part of the topology is declared again
+            # a deleted queue that is part of the connection's topology is declared again
             d = self.connection.declare(self.queue)
         d.addCallback(lambda _: self._on_ready(protocol))
-        d.addErrback(lambda f: self._on_ready_failed(f))
+        d.addErrback(self._on_ready_failed)
 
     def _on_ready_failed(self, reason: Failure) -> None:
         self._log.error("cannot consume {queue}: {error}", queue=self.queue, error=reason.getErrorMessage())
         self._schedule_resume()
 
+    # ------------------------------------------------------------------
+    # deliveries
+
     def _deliver(self, channel: Channel, args: dict[str, Any], props: dict[str, Any], body: bytes) -> None:
+        if not self.running:
+            return  # stopping: left unacked, it goes back to the queue with the channel
+        limit = self.concurrency
+        if limit is not None and len(self._in_flight) >= limit:
+            self._backlog.append((channel, args, props, body))
+            return
+        self._handle(channel, args, props, body)
+
+    def _handle(self, channel: Channel, args: dict[str, Any], props: dict[str, Any], body: bytes) -> None:
+        acks = self._acks
+        if acks is None or acks.channel is not channel:
+            return  # a delivery from a channel already given up
         tag = args["delivery_tag"]
         try:
             message = Message.from_delivery(body, props, args, allow_pickle=self.allow_pickle)
@@ -225,45 +444,76 @@ class Consumer(Service):
                 queue=self.queue,
                 error=e,
             )
-            channel.reject(tag, requeue=False)
+            self._reject(acks, tag, False)
             return
         except Exception:  # noqa: BLE001 - a message that cannot be read must not stop the consumer
             self._log.failure("rejecting unreadable message {tag} from {queue}", tag=tag, queue=self.queue)
-            channel.reject(tag, requeue=False)
+            self._reject(acks, tag, False)
+            return
+        count = delivery_count(message)
+        if count is not None and count > self.max_redeliveries:
+            # e.g. a message whose handling kills the process, over and over
+            self._log.error(
+                "dead-lettering message {tag} from {queue}: delivered {count} times before",
+                tag=tag,
+                queue=self.queue,
+                count=count,
+            )
+            self._reject(acks, tag, False)
             return
         # A synchronous handler is settled at once; only an asynchronous result
         # (a Deferred or an awaitable) pays for Deferred machinery.
         try:
             result = self.handler(message)
         except Exception:  # noqa: BLE001 - any handler error is the message's outcome
-            self._settle(channel, tag, Failure())
+            self._settle(acks, message, Failure())
             return
         if isinstance(result, Deferred) or inspect.isawaitable(result):
             d = ensureDeferred(cast(Any, result)) if not isinstance(result, Deferred) else result
+            acks.begin(tag)
             self._in_flight.add(d)
 
             def done(outcome: Any) -> None:
                 self._in_flight.discard(d)
-                self._settle(channel, tag, outcome)
+                self._settle(acks, message, outcome)
+                self._next()
 
             d.addBoth(done)
         else:
             self.consumed += 1
-            channel.ack(tag)
+            acks.ack(tag)
 
-    def _settle(self, channel: Channel, tag: int, outcome: Any) -> None:
+    def _next(self) -> None:
+        backlog = self._backlog
+        limit = self.concurrency
+        while backlog and self.running and (limit is None or len(self._in_flight) < limit):
+            self._handle(*backlog.popleft())
+
+    def _reject(self, acks: _Acks, tag: int, requeue: bool) -> None:
         self.consumed += 1
+        acks.reject(tag, requeue)
+
+    def _settle(self, acks: _Acks, message: Message, outcome: Any) -> None:
+        tag = cast(int, message.delivery_tag)
         if not isinstance(outcome, Failure):
-            channel.ack(tag)
+            self.consumed += 1
+            acks.ack(tag)
         elif outcome.check(Requeue):
-            channel.reject(tag, requeue=True)
+            count = delivery_count(message)
+            spent = message.redelivered if count is None else count >= self.max_redeliveries
+            if spent:
+                self._log.error(
+                    "dead-lettering message {tag} from {queue} instead of requeueing it: "
+                    "it was delivered before{times}",
+                    tag=tag,
+                    queue=self.queue,
+                    times="" if count is None else f" {count} times",
+                )
+            self._reject(acks, tag, not spent)
         elif outcome.check(Reject):
-            channel.reject(tag, requeue=False)
+            self._reject(acks, tag, False)
         else:
             self._log.failure(
-                "handler failed on message {tag} from {queue}; rejected",
-                outcome,
-                tag=tag,
-                queue=self.queue,
+                "handler failed on message {tag} from {queue}; rejected", outcome, tag=tag, queue=self.queue
             )
-            channel.reject(tag, requeue=False)
+            self._reject(acks, tag, False)

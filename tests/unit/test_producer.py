@@ -86,7 +86,9 @@ class Broker:
         from txmsg import _codec
 
         self.proto.dataReceived(
-            method(1, "basic.return", reply_code=312, reply_text="NO_ROUTE", exchange="", routing_key=routing_key)
+            method(
+                1, "basic.return", reply_code=312, reply_text="NO_ROUTE", exchange="", routing_key=routing_key
+            )
             + b"".join(_codec.content_frames(1, {"message_id": message_id}, b"x", 131072))
         )
 
@@ -341,7 +343,9 @@ def test_unconfirmed_and_waiting_publishes_fail_when_the_connection_stops(how: s
             )
         )
         b.proto.dataReceived(
-            method(0, "connection.close", reply_code=403, reply_text="ACCESS_REFUSED", class_id=0, method_id=0)
+            method(
+                0, "connection.close", reply_code=403, reply_text="ACCESS_REFUSED", class_id=0, method_id=0
+            )
         )
         lose(b.proto)
     result = outcomes([sent, held])
