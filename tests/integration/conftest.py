@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -146,14 +147,15 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: 
     Wait until C{check()} returns something truthy (awaiting it if it is a
     Deferred); fail the test with the last value after C{timeout} seconds.
     """
-    waited = 0.0
+    deadline = time.monotonic() + timeout
     value: Any = None
-    while waited < timeout:
+    while True:
         value = check()
         if isinstance(value, Deferred):
             value = await value
         if value:
             return value
+        if time.monotonic() >= deadline:
+            break
         await sleep(interval)
-        waited += interval
     raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")

@@ -7,7 +7,6 @@ fatal errors are typed and not retried, and large bodies round-trip.
 from __future__ import annotations
 
 import hashlib
-import time
 
 import pytest
 import pytest_twisted
@@ -93,19 +92,16 @@ async def test_closed_connection_is_replaced_with_topology_and_consumer(
 
     closed = await close_connection(connection.name)
     assert len(closed) == 1
-    started = time.monotonic()
     await eventually(lambda: connection.is_connected and connection.protocol is not old_protocol, timeout=15)
     await eventually(
         lambda: consumer.channel is not None and consumer.channel.protocol is connection.protocol
     )
-    reconnect = time.monotonic() - started
     new_name = connection.names[queue]
     assert new_name != old_name
     await pika_peer.publish(exchange.name, "news.after", b"2")
     await eventually(lambda: len(received) == 2)
     assert [m.body for m in received] == [b"1", b"2"]
     assert received[1].routing_key == "news.after"
-    assert reconnect < 10
     await consumer.stopService()
 
 
