@@ -202,6 +202,9 @@ class Consumer(Service):
         self.consumer_tag: str | None = None
         #: messages settled (acked, rejected or dead-lettered) so far
         self.consumed = 0
+        #: of those, rejected without requeue (dead-lettered) and given back
+        self.rejected = 0
+        self.requeued = 0
         self._acks: _Acks | None = None
         self._in_flight: set[Deferred[Any]] = set()
         self._backlog: deque[tuple[Channel, dict[str, Any], dict[str, Any], bytes]] = deque()
@@ -491,6 +494,10 @@ class Consumer(Service):
 
     def _reject(self, acks: _Acks, tag: int, requeue: bool) -> None:
         self.consumed += 1
+        if requeue:
+            self.requeued += 1
+        else:
+            self.rejected += 1
         acks.reject(tag, requeue)
 
     def _settle(self, acks: _Acks, message: Message, outcome: Any) -> None:

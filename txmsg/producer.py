@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
@@ -90,11 +91,24 @@ class Producer:
 
     _log = Logger()
 
-    def __init__(self, connection: Connection, *, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        window: int = DEFAULT_WINDOW,
+        on_channel: Callable[[Channel], Deferred[Any] | None] | None = None,
+    ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
         self.connection = connection
         self.window = window
+        #: called with each new publishing channel before anything is published
+        #: on it (e.g. to consume replies on that channel); may return a Deferred
+        self.on_channel = on_channel
+        #: publishes confirmed by the broker, and those that failed (nacked,
+        #: returned, timed out or lost with a stopped connection)
+        self.confirmed = 0
+        self.failed = 0
         self._channel: Channel | None = None
         self._next_tag = 1
         #: delivery tag -> pending publish, in publish order
@@ -245,7 +259,11 @@ class Producer:
             channel.on_confirm = self._confirmed
             channel.on_return = self._returned
             channel.when_closed(lambda reason: self._channel_closed(channel, reason))
-            return channel.call("confirm.select").addCallback(lambda _: self._use(channel))
+            d = channel.call("confirm.select")
+            if self.on_channel is not None:
+                hook = self.on_channel
+                d.addCallback(lambda _: hook(channel))
+            return d.addCallback(lambda _: self._use(channel))
 
         return d.addCallback(opened)
 
@@ -342,8 +360,7 @@ class Producer:
         for pending in waiting:
             self._settle(pending, reason)
 
-    @staticmethod
-    def _settle(pending: _Pending, failure: Failure | None) -> None:
+    def _settle(self, pending: _Pending, failure: Failure | None) -> None:
         if pending.timer is not None and pending.timer.active():
             pending.timer.cancel()
         pending.timer = None
@@ -351,6 +368,8 @@ class Producer:
             return
         pending.body = b""  # a settled publish may linger in a queue: keep it small
         if failure is None:
+            self.confirmed += 1
             pending.deferred.callback(None)
         else:
+            self.failed += 1
             pending.deferred.errback(failure)

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python import reflect, usage
 
 from txmsg.connection import Connection
-from txmsg.consumer import Consumer, Handler
+from txmsg.consumer import DEFAULT_PREFETCH, Consumer, Handler
 from txmsg.errors import TxmsgError
 from txmsg.message import Message
 from txmsg.topology import Queue
@@ -50,7 +50,7 @@ class Options(usage.Options):
         ["role", None, None, "What to run: " + ", ".join(ROLES) + "."],
         ["queue", "q", None, "Queue to consume (declared if missing)."],
         ["handler", None, None, "pkg.module:callable called with each Message."],
-        ["prefetch", None, 50, "Unacked messages the broker may send at once.", int],
+        ["prefetch", None, DEFAULT_PREFETCH, "Unacked messages the broker may send at once.", int],
         ["name", None, "txmsg", "Connection name shown in the management UI."],
     ]
     optFlags = [["durable", None, "Declare the queue durable."]]
