@@ -24,7 +24,9 @@ from txmsg.errors import (
     VhostNotFound,
 )
 from txmsg.message import Message
+from txmsg.peers import PeerGroup
 from txmsg.producer import Nacked, Producer, PublishTimeout, Unroutable
+from txmsg.rpc import NoServer, RemoteError, Reply, RpcClient, RpcError, RpcServer, RpcTimeout
 from txmsg.topology import Binding, Exchange, ExchangeBinding, Queue, QueueInfo
 from txmsg.url import ConnectionParameters, InvalidURL, parse_url, parse_urls
 
@@ -48,7 +50,9 @@ __all__ = [
     "Message",
     "Nacked",
     "NoBrokerAvailable",
+    "NoServer",
     "NotFound",
+    "PeerGroup",
     "PreconditionFailed",
     "Producer",
     "ProtocolError",
@@ -56,8 +60,14 @@ __all__ = [
     "Queue",
     "QueueInfo",
     "Reject",
+    "RemoteError",
+    "Reply",
     "Requeue",
     "ResourceLocked",
+    "RpcClient",
+    "RpcError",
+    "RpcServer",
+    "RpcTimeout",
     "TLSError",
     "TxmsgError",
     "UndecodableMessage",

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -57,6 +57,22 @@ class Reject(TxmsgError):
     """
     Raise from a handler to reject the message without requeue (dead-letter it).
     """
+
+
+def call_handler(handler: Handler, message: Message) -> Deferred[Any]:
+    """
+    Call C{handler(message)}; a Deferred of its outcome whether it returns a
+    value, a Deferred or a coroutine, or raises.
+    """
+    try:
+        result = handler(message)
+    except Exception:  # noqa: BLE001 - the handler's failure is the outcome
+        return fail(Failure())
+    if isinstance(result, Deferred):
+        return result
+    if inspect.isawaitable(result):
+        return ensureDeferred(cast(Any, result))
+    return succeed(result)
 
 
 def delivery_count(message: Message) -> int | None:

@@ -1,0 +1,50 @@
+"""
+Declaring a pattern's topology before its consumers start, on every connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, cast
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
+
+from txmsg.connection import Connection, Declarable
+
+
+def declare_topology(connection: Connection, items: list[Declarable]) -> Deferred[Any]:
+    """
+    Declare C{items} on every connection: when the connection is running, now
+    (or once it is ready); else on its first connect, before its ready hooks,
+    so that a consumer of a queue declared here never races the declaration.
+    """
+    if not items:
+        return succeed(None)
+    if connection.running:
+        return cast("Deferred[Any]", connection.declare(*items))
+    for item in items:
+        if item not in connection.topology:
+            connection.topology.append(item)
+    return succeed(None)
+
+
+def start_after_declaring(
+    parent: MultiService, connection: Connection, items: list[Declarable], children: Iterable[Any]
+) -> Deferred[Any]:
+    """
+    Declare C{items} (see L{declare_topology}), then start C{children} as
+    services of C{parent}.  The Deferred fails if a declaration was refused
+    (e.g. L{PreconditionFailed} for a queue declared with other flags); the
+    children start anyway, on whatever the broker holds.
+    """
+    d = declare_topology(connection, items)
+
+    def start(result: Any) -> Any:
+        if parent.running:
+            for child in children:
+                if child.parent is None:
+                    child.setServiceParent(parent)
+        return result
+
+    return d.addBoth(start)
