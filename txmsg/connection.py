@@ -13,7 +13,15 @@ from typing import Any, Protocol, cast
 from automat import NoTransition
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredLock, fail, inlineCallbacks, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    DeferredLock,
+    fail,
+    inlineCallbacks,
+    succeed,
+)
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -187,6 +195,7 @@ class Connection(Service):
         self._declare_lock = DeferredLock()
         self._stop_listeners: list[Callable[[Failure], None]] = []
         self._stopped = False
+        self._holds: list[Deferred[Any]] = []
 
     def __repr__(self) -> str:
         return f"<Connection {', '.join(p.safe_url for p in self.params)}>"
@@ -212,9 +221,27 @@ class Connection(Service):
 
     def stopService(self) -> Deferred[None]:
         """
-        Close the AMQP connection politely and stop reconnecting.
+        Close the AMQP connection politely and stop reconnecting, once what
+        holds it open (see L{hold_open}) is done.
         """
         Service.stopService(self)
+        holds = [d for d in self._holds if not d.called]
+        self._holds.clear()
+        if holds:
+            return DeferredList(holds, consumeErrors=True).addCallback(lambda _: self._close())
+        return self._close()
+
+    def hold_open(self, done: Deferred[Any]) -> None:
+        """
+        Keep the connection open, if it is being stopped, until C{done} fires:
+        a consumer that is stopping calls this so that its running handlers
+        can finish, publish and ack before the connection closes, whatever
+        order a C{MultiService} stops its children in.
+        """
+        if not done.called:
+            self._holds.append(done)
+
+    def _close(self) -> Deferred[None]:
         self._stopped = True
         service, self._service = self._service, None
         protocol, self.protocol = self.protocol, None

@@ -302,6 +302,7 @@ class Consumer(Service):
         d.addCallback(drained)
         d.addCallback(close)
         d.addErrback(lambda f: self._log.failure("stopping the consumer on {queue}", f, queue=self.queue))
+        self.connection.hold_open(d)
         return d
 
     def wait_consuming(self) -> Deferred[Consumer]:

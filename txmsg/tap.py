@@ -1,63 +1,150 @@
 """
-``twistd txmsg``: options and the service they make.
+``twistd txmsg``: the options of every role and the services they make.
 
-This first version hosts the ``consumer`` role; the other roles arrive with the
-services issue.  ``twistd -n txmsg --role consumer --queue hello`` consumes
-``hello`` and logs each message as one line (or calls ``--handler``).
+    twistd -n txmsg --role consumer --queue hello
+    twistd -n txmsg --role rpc-server --queue rpc_queue --handler myapp.rpc:answer
+    twistd -n txmsg --role fanout --group chat
+    twistd -n txmsg --role producer --listen tcp:8080
+
+Each role is a thin layer over txmsg's public services (L{Consumer},
+L{RpcServer}, L{PeerGroup}, L{txmsg.web.PublishResource}) in one
+C{MultiService} with the L{Connection}; C{--metrics ENDPOINT} adds Prometheus
+text at C{/metrics} and a JSON C{/health}.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.logger import Logger
 from twisted.python import reflect, usage
+from twisted.python.failure import Failure
 
+from txmsg._declare import start_after_declaring
 from txmsg.connection import Connection
 from txmsg.consumer import DEFAULT_PREFETCH, Consumer, Handler
-from txmsg.errors import TxmsgError
+from txmsg.errors import FatalConnectionError, PreconditionFailed, TxmsgError
 from txmsg.message import Message
-from txmsg.topology import Queue
+from txmsg.peers import PeerGroup
+from txmsg.rpc import RpcServer
+from txmsg.topology import Binding, Exchange, Queue
 from txmsg.url import InvalidURL, parse_urls
 
-ROLES = ("consumer",)
+ROLES = ("consumer", "rpc-server", "fanout", "producer")
+EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
+#: the exit status when a role cannot start (e.g. a queue declared with other flags)
+EXIT_FAILED = 1
 
 _log = Logger(namespace="txmsg")
+
+#: which of our flags sets a queue property the broker may call inequivalent
+_FLAG_OF_ARG = {
+    "durable": "--durable",
+    "x-queue-type": "--quorum",
+    "x-dead-letter-exchange": "--dead-letter",
+    "exclusive": "(exclusive)",
+    "auto_delete": "(auto-delete)",
+}
+
+
+def describe(message: Message) -> str:
+    """
+    One readable line for a message.
+    """
+    try:
+        shown: Any = message.payload
+    except TxmsgError:
+        shown = message.body
+    where = f"{message.exchange or '(default)'}/{message.routing_key}"
+    return f"{where}: {shown!r}"
 
 
 def log_message(message: Message) -> None:
     """
     The default handler: one readable line per message.
     """
+    _log.info("{line}", line=describe(message))
+
+
+def echo(message: Message) -> Any:
+    """
+    The default RPC handler: log the request and answer with its payload.
+    """
+    log_message(message)
+    return message.payload
+
+
+def parse_value(text: str) -> Any:
+    """
+    A queue argument's value from the command line: integers and booleans as
+    such (C{x-max-length=10}, C{x-single-active-consumer=true}), else text.
+    """
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     try:
-        shown: Any = message.payload
-    except TxmsgError:
-        shown = message.body
-    _log.info(
-        "{exchange}/{routing_key}: {payload!r}",
-        exchange=message.exchange or "(default)",
-        routing_key=message.routing_key,
-        payload=shown,
-    )
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _pair(flag: str, text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise usage.UsageError(f"{flag} takes KEY=VALUE, not {text!r}")
+    return key, value
 
 
 class Options(usage.Options):
-    synopsis = "[options]"
-    longdesc = "Host a txmsg service on RabbitMQ.  Roles: " + ", ".join(ROLES) + "."
+    synopsis = "--role ROLE [--url URL]... [options]"
+    longdesc = (
+        "Host a txmsg service on RabbitMQ.  Roles: consumer (consume a queue), rpc-server (answer "
+        "requests), fanout (join a peer group), producer (an HTTP publishing endpoint)."
+    )
 
     optParameters = [
         ["role", None, None, "What to run: " + ", ".join(ROLES) + "."],
-        ["queue", "q", None, "Queue to consume (declared if missing)."],
-        ["handler", None, None, "pkg.module:callable called with each Message."],
-        ["prefetch", None, DEFAULT_PREFETCH, "Unacked messages the broker may send at once.", int],
         ["name", None, "txmsg", "Connection name shown in the management UI."],
+        [
+            "handler",
+            None,
+            None,
+            "pkg.module:callable called with each Message (value, Deferred or coroutine).",
+        ],
+        ["metrics", None, None, "Endpoint (e.g. tcp:9100) serving /metrics (Prometheus) and /health (JSON)."],
+        # consumer / rpc-server
+        ["queue", "q", None, "Queue to consume (declared with exactly the flags given)."],
+        ["exchange", "e", None, "Exchange to bind the queue to (declared)."],
+        ["exchange-type", None, "direct", "Type of --exchange: " + "|".join(EXCHANGE_TYPES) + "."],
+        ["match", None, "all", "For headers exchanges: all|any of the --bind-header pairs."],
+        ["dead-letter", None, None, "Dead-letter exchange of the queue (x-dead-letter-exchange)."],
+        ["prefetch", None, DEFAULT_PREFETCH, "Unacked messages the broker may send at once.", int],
+        ["concurrency", None, None, "Handlers running at once (default: as prefetch lets in).", int],
+        ["server-id", None, None, "rpc-server: this server's id in replies (default: generated)."],
+        # fanout
+        ["group", None, None, "fanout: the peer group (a fanout exchange) to join."],
+        ["peer", None, None, "fanout: this peer's id (default: generated)."],
+        # producer
+        ["listen", None, None, "producer: endpoint of the HTTP publishing service (e.g. tcp:8080)."],
+        ["publish-timeout", None, 30.0, "producer: seconds to wait for the broker before 503.", float],
+        ["max-body", None, 1048576, "producer: largest request body in bytes (larger: 413).", int],
     ]
-    optFlags = [["durable", None, "Declare the queue durable."]]
+    optFlags = [
+        ["durable", None, "Declare the queue durable (fanout: keep this peer's queue while it is away)."],
+        ["quorum", None, "Declare a quorum queue (x-queue-type quorum; durable)."],
+        ["ignore-self", None, "fanout: do not hear this peer's own shouts."],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
         self["urls"] = []
+        self["args"] = {}
+        self["binds"] = []
+        self["bind_headers"] = {}
+        self["broadcast"] = []
 
     def opt_url(self, url: str) -> None:
         """
@@ -65,16 +152,77 @@ class Options(usage.Options):
         """
         self["urls"].append(url)
 
+    def opt_arg(self, text: str) -> None:
+        """
+        Queue argument KEY=VALUE (e.g. x-max-length=1000); repeatable.
+        """
+        key, value = _pair("--arg", text)
+        self["args"][key] = parse_value(value)
+
+    def opt_bind(self, key: str) -> None:
+        """
+        Bind the queue to --exchange with this routing key; repeatable.
+        """
+        self["binds"].append(key)
+
+    def opt_bind_header(self, text: str) -> None:
+        """
+        For a headers exchange: bind matching header K=V; repeatable.
+        """
+        key, value = _pair("--bind-header", text)
+        self["bind_headers"][key] = value
+
+    def opt_broadcast(self, key: str) -> None:
+        """
+        rpc-server: bind a queue of this server's own with this key, so every server gets it.
+        """
+        self["broadcast"].append(key)
+
     def postOptions(self) -> None:
-        if self["role"] not in ROLES:
+        role = self["role"]
+        if role not in ROLES:
             raise usage.UsageError(f"--role must be one of: {', '.join(ROLES)}")
-        if not self["queue"]:
-            raise usage.UsageError("--role consumer needs --queue")
         try:
             self["params"] = parse_urls(self["urls"] or None)
         except InvalidURL as e:
             raise usage.UsageError(str(e)) from None
-        self["handler_callable"] = resolve_handler(self["handler"]) if self["handler"] else log_message
+        if self["exchange-type"] not in EXCHANGE_TYPES:
+            raise usage.UsageError(f"--exchange-type must be one of: {', '.join(EXCHANGE_TYPES)}")
+        if self["match"] not in ("all", "any"):
+            raise usage.UsageError("--match must be all or any")
+        if not 0 <= self["prefetch"] <= 65535:
+            raise usage.UsageError("--prefetch must be between 0 and 65535")
+        if self["concurrency"] is not None and self["concurrency"] < 1:
+            raise usage.UsageError("--concurrency must be at least 1")
+        getattr(self, "_check_" + role.replace("-", "_"))()
+        default = echo if role == "rpc-server" else log_message
+        self["handler_callable"] = resolve_handler(self["handler"]) if self["handler"] else default
+
+    def _check_consumer(self) -> None:
+        if not self["queue"] and not self["exchange"]:
+            raise usage.UsageError("--role consumer needs --queue, or --exchange for a subscriber queue")
+        if (self["binds"] or self["bind_headers"]) and not self["exchange"]:
+            raise usage.UsageError("--bind and --bind-header need --exchange")
+        if self["bind_headers"] and self["exchange-type"] != "headers":
+            raise usage.UsageError("--bind-header needs --exchange-type headers")
+
+    def _check_rpc_server(self) -> None:
+        if not self["queue"] and not self["broadcast"]:
+            raise usage.UsageError("--role rpc-server needs --queue or --broadcast")
+        if (self["binds"] or self["broadcast"]) and not self["exchange"]:
+            raise usage.UsageError("--bind and --broadcast need --exchange")
+
+    def _check_fanout(self) -> None:
+        if not self["group"]:
+            raise usage.UsageError("--role fanout needs --group")
+
+    def _check_producer(self) -> None:
+        if not self["listen"]:
+            raise usage.UsageError("--role producer needs --listen ENDPOINT (e.g. tcp:8080)")
+        if self["publish-timeout"] <= 0:
+            raise usage.UsageError("--publish-timeout must be positive")
+        if self["max-body"] < 0:
+            raise usage.UsageError("--max-body must not be negative")
 
 
 def resolve_handler(spec: str) -> Handler:
@@ -93,14 +241,215 @@ def resolve_handler(spec: str) -> Handler:
     return handler
 
 
+# ---------------------------------------------------------------------------
+# building the services
+
+
+def queue_from(options: Options) -> Queue:
+    """
+    The queue exactly as the options declare it: a named queue with the flags
+    given, or (no --queue) a server-named exclusive subscriber queue.
+    """
+    args: dict[str, Any] = dict(options["args"])
+    if options["quorum"]:
+        args["x-queue-type"] = "quorum"
+    if options["dead-letter"]:
+        args["x-dead-letter-exchange"] = options["dead-letter"]
+    if not options["queue"]:
+        return Queue("", exclusive=True, auto_delete=True, arguments=args)
+    durable = bool(options["durable"] or options["quorum"])
+    return Queue(options["queue"], durable=durable, arguments=args)
+
+
+def bindings_from(options: Options, queue: Queue) -> list[Any]:
+    """
+    The exchange and bindings the options ask for (none without --exchange).
+    """
+    if not options["exchange"]:
+        return []
+    exchange = Exchange(options["exchange"], options["exchange-type"], durable=bool(options["durable"]))
+    items: list[Any] = [exchange]
+    if options["exchange-type"] == "headers":
+        arguments = {"x-match": options["match"], **options["bind_headers"]}
+        items.append(Binding(queue, exchange, "", arguments))
+    else:
+        keys = options["binds"] or ([""] if options["exchange-type"] == "fanout" else [queue.name or "#"])
+        items.extend(Binding(queue, exchange, key) for key in keys)
+    return items
+
+
+def explain(reason: Failure) -> str:
+    """
+    One line for why a role could not start, naming our flag where the broker
+    names the queue property that differs.
+    """
+    error = reason.value
+    if isinstance(error, PreconditionFailed):
+        text = error.reply_text
+        for arg, flag in _FLAG_OF_ARG.items():
+            if f"'{arg}'" in text:
+                return (
+                    f"{text} (the queue exists with another {flag}: declare it the same way, or another name)"
+                )
+        if "inequivalent arg 'x-" in text:
+            return f"{text} (the queue exists with another --arg)"
+        return text
+    return reason.getErrorMessage()
+
+
+class _ExitStatus:
+    """
+    twistd exits 0 whatever happened; a role that cannot start stops the
+    reactor and sets the process's exit status with this.
+    """
+
+    def __init__(self) -> None:
+        self.code: int | None = None
+
+    def fail(self, reactor: Any, code: int, line: str) -> None:
+        if self.code is not None:
+            return  # one line for one failure seen from two sides
+        _log.critical("{line}", line=line)
+        self.code = code
+        atexit.register(self._exit)
+        if reactor.running:
+            reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
+
+    def _exit(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(self.code or 0)
+
+
+exit_status = _ExitStatus()
+
+
+def watch_startup(reactor: Any, connection: Connection, declared: Any) -> None:
+    """
+    Stop the process with one line and a non-zero status if the broker refuses
+    us for good (credentials, vhost) or refuses a declaration.
+    """
+
+    def fatal(reason: Failure) -> None:
+        exit_status.fail(reactor, EXIT_FAILED, f"txmsg: cannot start: {explain(reason)}")
+
+    def connection_failed(reason: Failure) -> None:
+        if reason.check(FatalConnectionError):
+            fatal(reason)
+
+    connection.when_ready().addErrback(connection_failed)
+    if declared is not None:
+        declared.addErrback(fatal)
+
+
+class DeclaredConsumer(MultiService):
+    """
+    A consumer whose queue, exchange and bindings are declared first (and on
+    every reconnect); C{declared} fails if the broker refused one.
+    """
+
+    def __init__(self, connection: Connection, items: list[Any], consumer: Consumer) -> None:
+        super().__init__()
+        self.connection = connection
+        self.items = items
+        self.consumer = consumer
+        self.declared: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.declared = start_after_declaring(self, self.connection, self.items, [self.consumer])
+
+
+class _StartupWatch(Service):
+    def __init__(self, reactor: Any, connection: Connection, role: Any) -> None:
+        self.reactor = reactor
+        self.connection = connection
+        self.role = role
+
+    def startService(self) -> None:
+        super().startService()
+        watch_startup(self.reactor, self.connection, getattr(self.role, "declared", None))
+
+
+def make_services(options: Options, reactor: Any) -> MultiService:
+    """
+    The role's services, with the reactor given (the testable core of L{makeService}).
+    """
+    top = MultiService()
+    connection = Connection(options["urls"] or None, reactor=reactor, name=options["name"])
+    connection.setServiceParent(top)
+    role = options["role"]
+    handler = options["handler_callable"]
+    consumers: list[Consumer] = []
+    producer = None
+    if role == "consumer":
+        queue = queue_from(options)
+        consumer = Consumer(
+            connection, queue, handler, prefetch=options["prefetch"], concurrency=options["concurrency"]
+        )
+        role_service: Any = DeclaredConsumer(connection, [queue, *bindings_from(options, queue)], consumer)
+        role_service.setServiceParent(top)
+        consumers.append(consumer)
+    elif role == "rpc-server":
+        exchange = Exchange(options["exchange"], options["exchange-type"]) if options["exchange"] else None
+        server = RpcServer(
+            connection,
+            queue_from(options) if options["queue"] else None,
+            handler,
+            exchange=exchange,
+            bindings=options["binds"],
+            broadcast=options["broadcast"],
+            server_id=options["server-id"],
+            prefetch=options["prefetch"],
+            concurrency=options["concurrency"],
+        )
+        role_service = server
+        server.setServiceParent(top)
+        consumers.extend(server.consumers)
+        producer = server.producer
+    elif role == "fanout":
+        peer = PeerGroup(
+            connection,
+            options["group"],
+            handler,
+            peer_id=options["peer"],
+            durable=bool(options["durable"]),
+            ignore_self=bool(options["ignore-self"]),
+            prefetch=options["prefetch"],
+        )
+        role_service = peer
+        peer.setServiceParent(top)
+        consumers.append(peer.consumer)
+        producer = peer.producer
+    else:
+        from txmsg.producer import Producer
+        from txmsg.web import PublishResource, web_service
+
+        producer = Producer(connection)
+        resource = PublishResource(
+            producer, max_body=options["max-body"], publish_timeout=options["publish-timeout"]
+        )
+        role_service = web_service(options["listen"], resource, reactor)
+        role_service.setServiceParent(top)
+    # after the role's service, so that its declarations have begun
+    _StartupWatch(reactor, connection, role_service).setServiceParent(top)
+    if options["metrics"]:
+        from txmsg.metrics import Metrics, watch_connection, watch_consumer, watch_producer
+        from txmsg.web import MonitorResource, web_service
+
+        metrics = Metrics()
+        watch_connection(metrics, connection)
+        if producer is not None:
+            watch_producer(metrics, producer)
+        for c in consumers:
+            watch_consumer(metrics, c)
+        web_service(options["metrics"], MonitorResource(metrics, connection), reactor).setServiceParent(top)
+    return top
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    top = MultiService()
-    connection = Connection(options["urls"] or None, reactor=reactor, name=options["name"])
-    queue = Queue(options["queue"], durable=bool(options["durable"]))
-    connection.topology.append(queue)
-    connection.setServiceParent(top)
-    consumer = Consumer(connection, queue, options["handler_callable"], prefetch=options["prefetch"])
-    consumer.setServiceParent(top)
-    return top
+    return make_services(options, reactor)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -306,3 +306,31 @@ def test_a_hook_added_while_hooks_run_runs_on_this_connection() -> None:
     handshake(ep.protocols[0])
     assert ready == [["first", "added"]]
     assert order == ["first", "added"]  # and only once
+
+
+def test_stop_waits_for_what_holds_the_connection_open() -> None:
+    """
+    A stopping consumer holds the connection open (hold_open): stopService
+    sends connection.close only once that hold fires, so running handlers can
+    still ack; publishers are not failed before then.
+    """
+    clock = Clock()
+    conn, ep = make_connection(clock)
+    conn.startService()
+    proto = ep.protocols[0]
+    handshake(proto)
+    told: list[Any] = []
+    conn.add_stop_listener(told.append)
+    hold: Deferred[None] = Deferred()
+    conn.hold_open(hold)
+    proto.transport.clear()
+    stopped: list[Any] = []
+    conn.stopService().addCallback(stopped.append)
+    assert proto.transport.value() == b""
+    assert conn.is_connected and not told
+    hold.callback(None)
+    assert b"\x00\x0a\x00\x32" in proto.transport.value()  # connection.close (10, 50)
+    assert told and not conn.is_connected
+    proto.dataReceived(method(0, "connection.close-ok"))
+    lose(proto)
+    assert stopped
