@@ -28,7 +28,7 @@ bootstrap:
 	bash scripts/bootstrap.sh
 
 demo: bootstrap
-	$(WITH_BROKER_PATH) $(VENV_PY) -m txmsg.demo
+	$(WITH_BROKER_PATH) bash scripts/demo.sh
 
 test: bootstrap
 	$(WITH_BROKER_PATH) $(VENV_PY) -m pytest -q tests $(PYTEST_ARGS)
