@@ -35,7 +35,7 @@ test: bootstrap
 
 lint:
 	bash scripts/bootstrap.sh --no-broker
-	.venv/bin/ruff check txmsg tests bench
+	.venv/bin/ruff check txmsg tests bench examples
 	.venv/bin/mypy txmsg
 
 broker:
