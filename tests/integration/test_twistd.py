@@ -121,6 +121,18 @@ def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
         time.sleep(0.05)
 
 
+def unacked(queue: str) -> int:
+    """
+    How many messages of C{queue} are delivered and not yet acked.
+    """
+    out = rabbitmqctl("list_queues", "name", "messages_unacknowledged", "--no-table-headers", "-q")
+    for line in out.splitlines():
+        name, _, count = line.partition("\t")
+        if name == queue:
+            return int(count)
+    return 0
+
+
 def delete_queue(name: str) -> None:
     conn, ch = channel()
     try:
@@ -546,3 +558,89 @@ def test_usage_errors_are_one_line(tmp_path: Path, args: list[str], needle: str)
     lines = [line for line in text.splitlines() if line.strip()]
     assert needle in lines[-1], text
     assert len([line for line in lines if needle in line]) == 1, text
+
+
+def txmsg_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "txmsg.cli", *args, "--url", BROKER_URL],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        input=stdin,
+    )
+
+
+def test_txmsg_call_and_gather_against_rpc_server_roles(twistd: Callable[..., Twistd]) -> None:
+    """
+    ``txmsg call`` gets the reply of a ``--role rpc-server`` process, and
+    ``txmsg call --gather --expect 2`` one JSON line from each of two servers
+    sharing a broadcast key.
+    """
+    q = unique("tap-call")
+    x = unique("tap-gather")
+    server = twistd("--role", "rpc-server", "--queue", q, "--handler", "tests.integration.tap_handlers:fib")
+    peers = [
+        twistd("--role", "rpc-server", "--exchange", x, "--broadcast", "status", "--server-id", f"s{i}")
+        for i in range(2)
+    ]
+    try:
+        server.wait_for(f"consuming {q}")
+        for p in peers:
+            p.wait_for("consuming amq.gen-")
+        out = txmsg_cli("call", "-k", q, "30", "--timeout", "10")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "832040"
+        out = txmsg_cli(
+            "call",
+            "-e",
+            x,
+            "-k",
+            "status",
+            "--gather",
+            "--expect",
+            "2",
+            "--json",
+            '{"q": 1}',
+            "--timeout",
+            "10",
+        )
+        assert out.returncode == 0, out.stderr
+        lines = [json.loads(line) for line in out.stdout.splitlines()]
+        assert sorted(line["server"] for line in lines) == ["s0", "s1"]
+        assert all(line["payload"] == {"q": 1} for line in lines)
+        assert server.stop() == 0 and all(p.stop() == 0 for p in peers)
+    finally:
+        delete_queue(q)
+        conn, ch = channel()
+        ch.exchange_delete(x)
+        conn.close()
+
+
+def test_sigterm_on_rpc_server_still_answers_running_requests(twistd: Callable[..., Twistd]) -> None:
+    """
+    SIGTERM while an rpc-server handles a slow request: the request finishes,
+    its reply reaches the caller, and the request is acked (the queue is empty).
+    """
+    q = unique("tap-rpc-term")
+    t = twistd(
+        "--role", "rpc-server", "--queue", q, "--durable", "--handler", "tests.integration.tap_handlers:slow"
+    )
+    try:
+        t.wait_for(f"consuming {q}")
+        call = subprocess.Popen(
+            [sys.executable, "-m", "txmsg.cli", "call", "-k", q, "7", "--timeout", "15", "--url", BROKER_URL],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        assert eventually(lambda: unacked(q) == 1, timeout=10), "the server never took the request"
+        assert t.stop() == 0
+        out, err = call.communicate(timeout=30)
+        assert call.returncode == 0, err + t.text()
+        assert out.strip() == "null"  # the slow handler returns None
+        assert "handled 7" in t.text()
+        assert depth(q) == 0
+    finally:
+        delete_queue(q)
