@@ -26,6 +26,8 @@ from .conftest import BROKER_URL, rabbitmqctl, unique
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+#: twistd from this interpreter (the working tree's txmsg on PYTHONPATH), in the foreground, no pidfile
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "txmsg"]
 
 
 class Twistd:
@@ -39,12 +41,7 @@ class Twistd:
         self.out = self.log.open("w")
         self.proc = subprocess.Popen(
             [
-                sys.executable,
-                "-c",
-                "from twisted.scripts.twistd import run; run()",
-                "-n",
-                "--pidfile=",
-                "txmsg",
+                *TWISTD,
                 "--url",
                 BROKER_URL,
                 *args,
@@ -535,15 +532,7 @@ def test_usage_errors_are_one_line(tmp_path: Path, args: list[str], needle: str)
     """
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "txmsg",
-            *args,
-        ],
+        [*TWISTD, *args],
         capture_output=True,
         text=True,
         cwd=tmp_path,
