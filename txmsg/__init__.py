@@ -23,6 +23,7 @@ from txmsg.errors import (
     UndecodableMessage,
     VhostNotFound,
 )
+from txmsg.jobs import JobClient, JobProgress, JobResult, JobTimeout, TaskFailure, Worker
 from txmsg.message import Message
 from txmsg.peers import PeerGroup
 from txmsg.producer import Nacked, Producer, PublishTimeout, Unroutable
@@ -47,6 +48,10 @@ __all__ = [
     "ExchangeBinding",
     "FatalConnectionError",
     "InvalidURL",
+    "JobClient",
+    "JobProgress",
+    "JobResult",
+    "JobTimeout",
     "Message",
     "Nacked",
     "NoBrokerAvailable",
@@ -69,10 +74,12 @@ __all__ = [
     "RpcServer",
     "RpcTimeout",
     "TLSError",
+    "TaskFailure",
     "TxmsgError",
     "UndecodableMessage",
     "Unroutable",
     "VhostNotFound",
+    "Worker",
     "__version__",
     "parse_url",
     "parse_urls",

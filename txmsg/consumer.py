@@ -222,7 +222,8 @@ class Consumer(Service):
         self.rejected = 0
         self.requeued = 0
         self._acks: _Acks | None = None
-        self._in_flight: set[Deferred[Any]] = set()
+        #: running asynchronous handlers -> the channel their message came on
+        self._in_flight: dict[Deferred[Any], Channel] = {}
         self._backlog: deque[tuple[Channel, dict[str, Any], dict[str, Any], bytes]] = deque()
         self._consuming_waiters: list[Deferred[Consumer]] = []
         self._resume: Any = None
@@ -290,6 +291,9 @@ class Consumer(Service):
 
             timer = self.connection.reactor.callLater(self.stop_timeout, timed_out)
             DeferredList(running, consumeErrors=True).addBoth(done)
+            if channel is not None:
+                # a channel that closes meanwhile ends the wait: nothing can be acked on it
+                channel.when_closed(done)
             return finished.addBoth(lambda _: timer.cancel() if timer.active() else None)
 
         def close(_: object) -> Any:
@@ -375,6 +379,9 @@ class Consumer(Service):
         return queue.resolve(self.connection.names) if isinstance(queue, Queue) else queue
 
     def _channel_closed(self, channel: Channel, reason: Failure) -> None:
+        # handlers of this channel's messages can no longer settle them
+        for d in [d for d, ch in self._in_flight.items() if ch is channel]:
+            del self._in_flight[d]
         if self.channel is channel:
             self.channel = None
             self._backlog.clear()  # the broker requeued them with the channel
@@ -491,12 +498,17 @@ class Consumer(Service):
         if isinstance(result, Deferred) or inspect.isawaitable(result):
             d = ensureDeferred(cast(Any, result)) if not isinstance(result, Deferred) else result
             acks.begin(tag)
-            self._in_flight.add(d)
+            self._in_flight[d] = acks.channel
 
-            def done(outcome: Any) -> None:
-                self._in_flight.discard(d)
+            def done(outcome: Any) -> Any:
+                self._in_flight.pop(d, None)
+                if self._acks is not acks:
+                    # its channel closed meanwhile: the broker put the message back
+                    self._log.info("a handler finished after its channel closed; its message was requeued")
+                    return None
                 self._settle(acks, message, outcome)
                 self._next()
+                return None
 
             d.addBoth(done)
         else:

@@ -329,3 +329,23 @@ def test_no_handler_starts_once_stopping_has_begun() -> None:
         ("basic.ack", 1),
         ("channel.close", None),
     ]
+
+
+def test_stop_does_not_wait_for_handlers_whose_channel_closed() -> None:
+    """
+    When the channel closes under a running handler (the broker requeued its
+    message), stopping does not wait stop_timeout for it, and the handler that
+    finishes later settles nothing.
+    """
+    stuck: Deferred[Any] = Deferred()
+    b = Broker(lambda m: stuck, stop_timeout=30)
+    b.feed(b.deliver(1))
+    b.methods()
+    b.feed(method(1, "channel.close", reply_code=406, reply_text="PRECONDITION_FAILED", class_id=0, method_id=0))
+    b.methods()
+    stopped: list[Any] = []
+    b.consumer.stopService().addCallback(stopped.append)
+    assert stopped  # at once, not after 30 s
+    stuck.callback(None)
+    assert b.settlements() == []
+    assert b.consumer.consumed == 0
