@@ -341,7 +341,9 @@ def test_stop_does_not_wait_for_handlers_whose_channel_closed() -> None:
     b = Broker(lambda m: stuck, stop_timeout=30)
     b.feed(b.deliver(1))
     b.methods()
-    b.feed(method(1, "channel.close", reply_code=406, reply_text="PRECONDITION_FAILED", class_id=0, method_id=0))
+    b.feed(
+        method(1, "channel.close", reply_code=406, reply_text="PRECONDITION_FAILED", class_id=0, method_id=0)
+    )
     b.methods()
     stopped: list[Any] = []
     b.consumer.stopService().addCallback(stopped.append)
