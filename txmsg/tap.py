@@ -34,7 +34,7 @@ from txmsg.rpc import RpcServer
 from txmsg.topology import Binding, Exchange, Queue
 from txmsg.url import InvalidURL, parse_urls
 
-ROLES = ("consumer", "rpc-server", "fanout", "producer")
+ROLES = ("consumer", "worker", "rpc-server", "fanout", "producer")
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 #: the exit status when a role cannot start (e.g. a queue declared with other flags)
 EXIT_FAILED = 1
@@ -101,8 +101,9 @@ def _pair(flag: str, text: str) -> tuple[str, str]:
 class Options(usage.Options):
     synopsis = "--role ROLE [--url URL]... [options]"
     longdesc = (
-        "Host a txmsg service on RabbitMQ.  Roles: consumer (consume a queue), rpc-server (answer "
-        "requests), fanout (join a peer group), producer (an HTTP publishing endpoint)."
+        "Host a txmsg service on RabbitMQ.  Roles: consumer (consume a queue), worker (process a job's "
+        "tasks), rpc-server (answer requests), fanout (join a peer group), producer (an HTTP publishing "
+        "endpoint)."
     )
 
     optParameters = [
@@ -123,7 +124,8 @@ class Options(usage.Options):
         ["dead-letter", None, None, "Dead-letter exchange of the queue (x-dead-letter-exchange)."],
         ["prefetch", None, DEFAULT_PREFETCH, "Unacked messages the broker may send at once.", int],
         ["concurrency", None, None, "Handlers running at once (default: as prefetch lets in).", int],
-        ["server-id", None, None, "rpc-server: this server's id in replies (default: generated)."],
+        ["server-id", None, None, "rpc-server, worker: this server's id in replies (default: generated)."],
+        ["worker-prefetch", None, 1, "worker: tasks taken at once (1: fair dispatch of long tasks).", int],
         # fanout
         ["group", None, None, "fanout: the peer group (a fanout exchange) to join."],
         ["peer", None, None, "fanout: this peer's id (default: generated)."],
@@ -205,6 +207,12 @@ class Options(usage.Options):
             raise usage.UsageError("--bind and --bind-header need --exchange")
         if self["bind_headers"] and self["exchange-type"] != "headers":
             raise usage.UsageError("--bind-header needs --exchange-type headers")
+
+    def _check_worker(self) -> None:
+        if not self["queue"]:
+            raise usage.UsageError("--role worker needs --queue (the jobs' work queue)")
+        if not self["handler"]:
+            raise usage.UsageError("--role worker needs --handler (what a task computes)")
 
     def _check_rpc_server(self) -> None:
         if not self["queue"] and not self["broadcast"]:
@@ -392,6 +400,21 @@ def make_services(options: Options, reactor: Any) -> MultiService:
         role_service: Any = DeclaredConsumer(connection, [queue, *bindings_from(options, queue)], consumer)
         role_service.setServiceParent(top)
         consumers.append(consumer)
+    elif role == "worker":
+        from txmsg.jobs import Worker
+
+        worker = Worker(
+            connection,
+            options["queue"],
+            handler,
+            prefetch=options["worker-prefetch"],
+            concurrency=options["concurrency"],
+            worker_id=options["server-id"],
+        )
+        role_service = worker
+        worker.setServiceParent(top)
+        consumers.extend(worker.consumers)
+        producer = worker.producer
     elif role == "rpc-server":
         exchange = Exchange(options["exchange"], options["exchange-type"]) if options["exchange"] else None
         server = RpcServer(

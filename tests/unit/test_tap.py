@@ -118,6 +118,8 @@ def test_headers_binding_carries_x_match() -> None:
         (["--role", "rpc-server"], "needs --queue or --broadcast"),
         (["--role", "rpc-server", "--broadcast", "k"], "need --exchange"),
         (["--role", "fanout"], "needs --group"),
+        (["--role", "worker", "--queue", "jobs"], "needs --handler"),
+        (["--role", "worker", "--handler", "txmsg.tap:echo"], "needs --queue"),
         (["--role", "producer"], "needs --listen"),
     ],
 )
