@@ -182,6 +182,9 @@ class Consumer(Service):
     @param on_cancel: called with this consumer when the broker cancels it and
         it does not own the queue (it keeps retrying in the background).
     @param allow_pickle: decode C{application/python-pickle} bodies (off by default).
+    @param dedupe_window: skip (ack without handling) a message whose
+        C{message_id} was among the last this many handled successfully: an
+        opt-in guard against the duplicates at-least-once delivery allows.
     """
 
     _log = Logger()
@@ -198,6 +201,7 @@ class Consumer(Service):
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         on_cancel: Callable[[Consumer], None] | None = None,
         allow_pickle: bool = False,
+        dedupe_window: int = 0,
     ) -> None:
         if prefetch < 0 or prefetch > 65535:
             raise ValueError("prefetch must be between 0 and 65535")
@@ -214,6 +218,13 @@ class Consumer(Service):
         self.stop_timeout = stop_timeout
         self.on_cancel = on_cancel
         self.allow_pickle = allow_pickle
+        if dedupe_window < 0:
+            raise ValueError("dedupe_window must not be negative")
+        self.dedupe_window = dedupe_window
+        #: message ids handled lately, oldest first (only with a dedupe window)
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        #: duplicates skipped thanks to the window
+        self.deduplicated = 0
         self.channel: Channel | None = None
         self.consumer_tag: str | None = None
         #: messages settled (acked, rejected or dead-lettered) so far
@@ -477,6 +488,11 @@ class Consumer(Service):
             self._log.failure("rejecting unreadable message {tag} from {queue}", tag=tag, queue=self.queue)
             self._reject(acks, tag, False)
             return
+        if self.dedupe_window and message.message_id is not None and message.message_id in self._seen:
+            self.deduplicated += 1
+            self.consumed += 1
+            acks.ack(tag)
+            return
         count = delivery_count(message)
         if count is not None and count > self.max_redeliveries:
             # e.g. a message whose handling kills the process, over and over
@@ -512,6 +528,8 @@ class Consumer(Service):
 
             d.addBoth(done)
         else:
+            if self.dedupe_window:
+                self._remember(message)
             self.consumed += 1
             acks.ack(tag)
 
@@ -529,9 +547,18 @@ class Consumer(Service):
             self.rejected += 1
         acks.reject(tag, requeue)
 
+    def _remember(self, message: Message) -> None:
+        seen = self._seen
+        if message.message_id is not None:
+            seen[message.message_id] = None
+            if len(seen) > self.dedupe_window:
+                seen.popitem(last=False)
+
     def _settle(self, acks: _Acks, message: Message, outcome: Any) -> None:
         tag = cast(int, message.delivery_tag)
         if not isinstance(outcome, Failure):
+            if self.dedupe_window:
+                self._remember(message)
             self.consumed += 1
             acks.ack(tag)
         elif outcome.check(Requeue):

@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.task import LoopingCall
 
-from txmsg import Connection, Consumer, Message, Producer, Queue
+from txmsg import Binding, Connection, Consumer, Exchange, Message, Producer, Queue
 
 from .conftest import PikaPeer, eventually, unique
 from .faults import FaultProxy
@@ -61,14 +61,18 @@ async def test_cuts_every_second_lose_no_confirmed_message(pika_peer: PikaPeer) 
     """
     Scenario 1: 20,000 persistent messages, each with its own message_id, are
     published with confirms while the proxy cuts every connection about once a
-    second (every 0.75 s); a consumer with manual acks reads them through the same proxy.
-    Every confirmed id is consumed (0 lost); duplicates are counted, and the
-    publisher's reconnect times reported.
+    second (every 0.75 s), to a fanout exchange with two durable queues; two
+    consumers with manual acks read them through the same proxy, the second with
+    a de-duplication window.  Every confirmed id is consumed by both (0 lost);
+    the plain consumer's duplicates are counted, the de-duplicating one sees
+    none; the publisher's reconnect times are reported.
     """
     total = 20_000
     proxy, url = await proxied()
     name = unique("cuts")
     queue = Queue(name, durable=True)
+    dedupe_queue = Queue(name + "-dedupe", durable=True)
+    exchange = Exchange(name, "fanout")
     pub = Connection(url, reactor=reactor, name=unique("cut-pub"))
     sub = Connection(url, reactor=reactor, name=unique("cut-sub"))
     consumed: dict[str, int] = {}
@@ -79,10 +83,19 @@ async def test_cuts_every_second_lose_no_confirmed_message(pika_peer: PikaPeer) 
         consumed[m.message_id or ""] = consumed.get(m.message_id or "", 0) + 1
         redelivered += m.redelivered
 
-    await pub.declare(queue)
+    deduped: dict[str, int] = {}
+
+    def handle_once(m: Message) -> None:
+        deduped[m.message_id or ""] = deduped.get(m.message_id or "", 0) + 1
+
+    await pub.declare(
+        exchange, queue, dedupe_queue, Binding(queue, exchange, ""), Binding(dedupe_queue, exchange, "")
+    )
     consumer = Consumer(sub, queue, handle, prefetch=200)
-    consumer.startService()
-    await consumer.wait_consuming()
+    dedupe_consumer = Consumer(sub, dedupe_queue, handle_once, prefetch=200, dedupe_window=total)
+    for c in (consumer, dedupe_consumer):
+        c.startService()
+        await c.wait_consuming()
     producer = Producer(pub)
     confirmed: set[str] = set()
     failed: list[Any] = []
@@ -110,7 +123,7 @@ async def test_cuts_every_second_lose_no_confirmed_message(pika_peer: PikaPeer) 
             ids = [f"m{i}" for i in range(batch, batch + 1000)]
             results = await DeferredList(
                 [
-                    producer.publish("", name, b"x" * 100, message_id=i, persistent=True, timeout=120)
+                    producer.publish(name, "", b"x" * 100, message_id=i, persistent=True, timeout=120)
                     for i in ids
                 ],
                 consumeErrors=True,
@@ -118,27 +131,39 @@ async def test_cuts_every_second_lose_no_confirmed_message(pika_peer: PikaPeer) 
             for i, (ok, value) in zip(ids, results, strict=True):
                 (confirmed.add(i) if ok else failed.append(value))
         cutter.stop()
-        await eventually(lambda: confirmed <= consumed.keys(), timeout=120)
+        try:
+            await eventually(lambda: confirmed <= consumed.keys() and confirmed <= deduped.keys(), timeout=60)
+        except AssertionError:
+            raise AssertionError(
+                f"confirmed {len(confirmed)} failed {len(failed)} consumed {len(consumed)} deduped {len(deduped)} "
+                f"dedupe consumer channel {dedupe_consumer.channel} plain {consumer.channel}"
+            ) from None
         elapsed = time.monotonic() - start
         lost = confirmed - consumed.keys()
         duplicates = sum(n - 1 for n in consumed.values())
         print(
             f"\ncuts: {proxy.cuts}, confirmed {len(confirmed)}/{total}, consumed {len(consumed)}, "
             f"lost {len(lost)}, duplicates {duplicates} (redelivered-flagged {redelivered}), "
+            f"with a dedupe window {sum(n - 1 for n in deduped.values())} "
+            f"({dedupe_consumer.deduplicated} skipped), "
             f"failed publishes {len(failed)}, reconnect p50 {statistics.median(reconnects):.2f} s "
             f"max {max(reconnects):.2f} s, {elapsed:.1f} s"
         )
-        assert not lost
+        assert not lost and not (confirmed - deduped.keys())
+        assert all(n == 1 for n in deduped.values())
         assert proxy.cuts >= 2
         assert len(confirmed) == total, failed[:3]
     finally:
         if cutter.running:
             cutter.stop()
         await consumer.stopService()
+        await dedupe_consumer.stopService()
         await pub.stopService()
         await sub.stopService()
         proxy.stop()
         await pika_peer.delete_queue(name)
+        await pika_peer.delete_queue(name + "-dedupe")
+        await pika_peer.delete_exchange(name)
 
 
 @pytest_twisted.ensureDeferred

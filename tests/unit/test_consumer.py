@@ -351,3 +351,21 @@ def test_stop_does_not_wait_for_handlers_whose_channel_closed() -> None:
     stuck.callback(None)
     assert b.settlements() == []
     assert b.consumer.consumed == 0
+
+
+def test_dedupe_window_skips_recent_message_ids() -> None:
+    """
+    With dedupe_window a message whose id was handled lately is acked without
+    calling the handler; ids that fell out of the window are handled again,
+    and messages without an id are never skipped.
+    """
+    seen: list[bytes] = []
+    b = Broker(lambda m: seen.append(m.body), dedupe_window=2)
+    for tag, (mid, body) in enumerate([("a", b"1"), ("a", b"2"), ("b", b"3"), ("c", b"4"), ("a", b"5")], 1):
+        b.feed(b.deliver(tag, body, message_id=mid))
+    b.feed(b.deliver(6, b"6"))
+    b.feed(b.deliver(7, b"7"))
+    b.clock.advance(0)
+    assert seen == [b"1", b"3", b"4", b"5", b"6", b"7"]
+    assert b.consumer.deduplicated == 1
+    assert b.settlements() == [("ack", 7, True)]
