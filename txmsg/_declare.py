@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.python.failure import Failure
 
 from txmsg.connection import Connection, Declarable
 
@@ -48,3 +49,27 @@ def start_after_declaring(
         return result
 
     return d.addBoth(start)
+
+
+def wait_ready(declared: Deferred[Any], consumers: Iterable[Any]) -> Deferred[Any]:
+    """
+    Fire once C{declared} fired and every consumer is registered with the
+    broker (which happens after the connection declared its topology).
+    """
+    forked: Deferred[Any] = Deferred()
+
+    def fork(result: Any) -> Any:
+        # pass the result on unchanged: others may wait on `declared` too
+        if isinstance(result, Failure):
+            forked.errback(result)
+        else:
+            forked.callback(result)
+        return result
+
+    declared.addBoth(fork)
+    consumers = list(consumers)
+
+    def consumers_ready(_: object) -> Deferred[Any]:
+        return gatherResults([c.wait_consuming() for c in consumers], consumeErrors=True)
+
+    return forked.addCallback(consumers_ready)

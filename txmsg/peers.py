@@ -17,7 +17,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from txmsg._declare import start_after_declaring
+from txmsg._declare import start_after_declaring, wait_ready
 from txmsg.connection import Connection, Declarable
 from txmsg.consumer import DEFAULT_PREFETCH, Consumer, Handler, call_handler
 from txmsg.message import Message
@@ -74,6 +74,13 @@ class PeerGroup(MultiService):
     def startService(self) -> None:
         super().startService()
         self.declared = start_after_declaring(self, self.connection, self.topology, [self.consumer])
+
+    def wait_ready(self) -> Deferred[Any]:
+        """
+        Fire once this peer's queue is declared and bound and it hears shouts
+        (start the service first).
+        """
+        return wait_ready(self.declared, [self.consumer])
 
     def shout(self, payload: Any, **properties: Any) -> Deferred[None]:
         """

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txmsg._channel import Channel
-from txmsg._declare import start_after_declaring
+from txmsg._declare import start_after_declaring, wait_ready
 from txmsg.connection import Connection, Declarable
 from txmsg.consumer import (
     DEFAULT_MAX_REDELIVERIES,
@@ -42,7 +42,7 @@ from txmsg.consumer import (
     Requeue,
     call_handler,
 )
-from txmsg.errors import TxmsgError
+from txmsg.errors import NotFound, TxmsgError
 from txmsg.message import JSON, Message, _is_json, _media_type, encode_payload
 from txmsg.producer import Producer, PublishTimeout, Unroutable
 from txmsg.topology import Binding, Exchange, Queue
@@ -196,6 +196,13 @@ class RpcServer(MultiService):
     def startService(self) -> None:
         super().startService()
         self.declared = start_after_declaring(self, self.connection, self.topology, self.consumers)
+
+    def wait_ready(self) -> Deferred[Any]:
+        """
+        Fire once the queues are declared and bound and every consumer is
+        registered with the broker (start the service first).
+        """
+        return wait_ready(self.declared, self.consumers)
 
     def _answer(self, request: Message) -> Deferred[Any]:
         d = call_handler(self.handler, request)
@@ -379,7 +386,11 @@ class RpcClient:
         call = self._forget(cid)
         if call is None or call.deferred.called:
             return
-        if reason.check(Unroutable):
+        if reason.check(NotFound):
+            # the exchange does not exist: nobody can be listening on it
+            e = reason.value
+            reason = Failure(NoServer(404, getattr(e, "reply_text", "NOT_FOUND"), exchange, routing_key))
+        elif reason.check(Unroutable):
             e = reason.value
             reason = Failure(
                 NoServer(

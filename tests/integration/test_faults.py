@@ -131,13 +131,7 @@ async def test_cuts_every_second_lose_no_confirmed_message(pika_peer: PikaPeer) 
             for i, (ok, value) in zip(ids, results, strict=True):
                 (confirmed.add(i) if ok else failed.append(value))
         cutter.stop()
-        try:
-            await eventually(lambda: confirmed <= consumed.keys() and confirmed <= deduped.keys(), timeout=60)
-        except AssertionError:
-            raise AssertionError(
-                f"confirmed {len(confirmed)} failed {len(failed)} consumed {len(consumed)} deduped {len(deduped)} "
-                f"dedupe consumer channel {dedupe_consumer.channel} plain {consumer.channel}"
-            ) from None
+        await eventually(lambda: confirmed <= consumed.keys() and confirmed <= deduped.keys(), timeout=120)
         elapsed = time.monotonic() - start
         lost = confirmed - consumed.keys()
         duplicates = sum(n - 1 for n in consumed.values())

@@ -32,8 +32,7 @@ def fib(n: int) -> int:
 
 async def started(server: RpcServer) -> RpcServer:
     server.startService()
-    for consumer in server.consumers:
-        await consumer.wait_consuming()
+    await server.wait_ready()
     return server
 
 
@@ -372,3 +371,35 @@ async def test_txmsg_client_calls_the_pika_tutorial_server(
         stop.append(True)
         await running
         await pika_peer.delete_queue(name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_call_to_a_missing_exchange_is_no_server(connection: Connection) -> None:
+    """
+    A call to an exchange that does not exist fails at once with NoServer
+    (the broker's 404), like a call nobody is bound to.
+    """
+    client = RpcClient(connection)
+    with pytest.raises(NoServer) as e:
+        await client.call("anything", "hi", exchange=unique("no-such-exchange"), timeout=10)
+    assert e.value.reply_code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_wait_ready_means_bound_even_before_the_connection_ran(pika_peer: PikaPeer) -> None:
+    """
+    A server started on a connection that is not running yet: wait_ready fires
+    only once its broadcast queue is bound, so a gather right after reaches it.
+    """
+    exchange = unique("ready")
+    conn = Connection(BROKER_URL, reactor=reactor, name=unique("conn"))
+    server = RpcServer(conn, None, lambda m: "here", exchange=exchange, broadcast=["ping"], server_id="s1")
+    server.startService()
+    try:
+        await server.wait_ready()
+        replies = await RpcClient(conn).gather("ping", "?", exchange=exchange, timeout=5, expect=1)
+        assert [(r.server, r.payload) for r in replies] == [("s1", "here")]
+    finally:
+        await server.stopService()
+        await conn.stopService()
+        await pika_peer.delete_exchange(exchange)
