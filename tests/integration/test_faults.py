@@ -186,3 +186,121 @@ async def test_blackholed_connection_is_detected_within_two_heartbeats(pika_peer
     finally:
         await conn.stopService()
         proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rpc_under_cuts_answers_each_call_once_or_times_out(pika_peer: PikaPeer) -> None:
+    """
+    Scenario 7: calls (400 at least, 50 at a time) through the proxy while it
+    cuts every connection every 0.75 s, until it has cut three times.  Each
+    call ends exactly once, with its own correct answer or RpcTimeout;
+    afterwards no reply queue is left on the broker.
+    """
+    from txmsg import RpcClient, RpcServer, RpcTimeout
+
+    from .conftest import rabbitmqctl
+
+    proxy, url = await proxied()
+    name = unique("rpc-cuts")
+    server_conn = Connection(url, reactor=reactor, name=unique("rpc-srv"))
+    client_conn = Connection(url, reactor=reactor, name=unique("rpc-cli"))
+    server = RpcServer(server_conn, name, lambda m: m.payload * 2, prefetch=50)
+    server.startService()
+    await server.wait_ready()
+    client = RpcClient(client_conn, reply_queue=True)
+    reply_queue = client.reply_to
+    cutter = LoopingCall(proxy.cut_all)
+    cutter.clock = reactor
+    outcomes: dict[int, list[Any]] = {}
+    try:
+        cutter.start(0.75, now=False)
+        batch = 0
+        # at least 400 calls, and on until the proxy has cut three times
+        while batch < 400 or (proxy.cuts < 3 and batch < 20_000):
+            calls = {i: client.call(name, i, timeout=5) for i in range(batch, batch + 50)}
+            batch += 50
+            for i, d in calls.items():
+                d.addBoth(lambda r, i=i: outcomes.setdefault(i, []).append(r))
+            await DeferredList(list(calls.values()), consumeErrors=True)
+        cutter.stop()
+        answered = [i for i, rs in outcomes.items() if rs == [i * 2]]
+        timed_out = [
+            i
+            for i, rs in outcomes.items()
+            if len(rs) == 1 and getattr(rs[0], "check", None) and rs[0].check(RpcTimeout)
+        ]
+        print(f"\nrpc under cuts: {proxy.cuts} cuts, {len(answered)} answered, {len(timed_out)} timed out")
+        assert sorted(outcomes) == list(range(batch))
+        assert all(len(rs) == 1 for rs in outcomes.values())
+        assert len(answered) + len(timed_out) == batch
+        assert proxy.cuts >= 3 and answered
+    finally:
+        if cutter.running:
+            cutter.stop()
+        await server.stopService()
+        await client_conn.stopService()
+        await server_conn.stopService()
+        proxy.stop()
+        await pika_peer.delete_queue(name)
+    await eventually(
+        lambda: reply_queue not in rabbitmqctl("list_queues", "name", "--no-table-headers", "-q").split(),
+        timeout=15,
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_peer_groups_under_cuts_hear_every_confirmed_shout(pika_peer: PikaPeer) -> None:
+    """
+    Scenario 8: three durable peers shout numbered shouts (300 each at least)
+    through the proxy while it cuts every connection every 0.75 s, until it has
+    cut three times; every peer hears every
+    confirmed shout at least once.
+    """
+    from txmsg import PeerGroup
+
+    proxy, url = await proxied()
+    group = unique("peer-cuts")
+    conns = [Connection(url, reactor=reactor, name=unique(f"peer{i}")) for i in range(3)]
+    heard: list[set[str]] = [set() for _ in range(3)]
+    peers = [
+        PeerGroup(
+            conns[i], group, lambda m, i=i: heard[i].add(m.message_id or ""), peer_id=f"p{i}", durable=True
+        )
+        for i in range(3)
+    ]
+    for p in peers:
+        p.startService()
+    for p in peers:
+        await p.wait_ready()
+    cutter = LoopingCall(proxy.cut_all)
+    cutter.clock = reactor
+    confirmed: set[str] = set()
+    try:
+        cutter.start(0.75, now=False)
+        round_ = 0
+        while round_ < 300 or (proxy.cuts < 3 and round_ < 20_000):
+            ds = {
+                f"p{i}-{n}": peers[i].shout(n, message_id=f"p{i}-{n}", persistent=True, timeout=60)
+                for i in range(3)
+                for n in range(round_, round_ + 50)
+            }
+            round_ += 50
+            results = await DeferredList(list(ds.values()), consumeErrors=True)
+            confirmed.update(mid for mid, (ok, _) in zip(ds, results, strict=True) if ok)
+        cutter.stop()
+        await eventually(lambda: all(confirmed <= h for h in heard), timeout=60)
+        print(
+            f"\npeer groups under cuts: {proxy.cuts} cuts, {len(confirmed)} confirmed shouts, "
+            f"heard {[len(h) for h in heard]}"
+        )
+        assert len(confirmed) == 3 * round_
+        assert proxy.cuts >= 3
+    finally:
+        if cutter.running:
+            cutter.stop()
+        for p in peers:
+            await p.leave(discard=True)
+        for c in conns:
+            await c.stopService()
+        proxy.stop()
+        await pika_peer.delete_exchange(group)
