@@ -182,6 +182,8 @@ class Consumer(Service):
     @param on_cancel: called with this consumer when the broker cancels it and
         it does not own the queue (it keeps retrying in the background).
     @param allow_pickle: decode C{application/python-pickle} bodies (off by default).
+    @param max_body: reject (dead-letter) a message whose body is longer than
+        this many bytes, with a logged reason, before the handler sees it.
     @param dedupe_window: skip (ack without handling) a message whose
         C{message_id} was among the last this many handled successfully: an
         opt-in guard against the duplicates at-least-once delivery allows.
@@ -202,6 +204,7 @@ class Consumer(Service):
         on_cancel: Callable[[Consumer], None] | None = None,
         allow_pickle: bool = False,
         dedupe_window: int = 0,
+        max_body: int | None = None,
     ) -> None:
         if prefetch < 0 or prefetch > 65535:
             raise ValueError("prefetch must be between 0 and 65535")
@@ -220,6 +223,9 @@ class Consumer(Service):
         self.allow_pickle = allow_pickle
         if dedupe_window < 0:
             raise ValueError("dedupe_window must not be negative")
+        if max_body is not None and max_body < 0:
+            raise ValueError("max_body must not be negative")
+        self.max_body = max_body
         self.dedupe_window = dedupe_window
         #: message ids handled lately, oldest first (only with a dedupe window)
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -472,6 +478,16 @@ class Consumer(Service):
         if acks is None or acks.channel is not channel:
             return  # a delivery from a channel already given up
         tag = args["delivery_tag"]
+        if self.max_body is not None and len(body) > self.max_body:
+            self._log.error(
+                "rejecting message {tag} from {queue}: its body of {size} bytes is over the maximum of {max}",
+                tag=tag,
+                queue=self.queue,
+                size=len(body),
+                max=self.max_body,
+            )
+            self._reject(acks, tag, False)
+            return
         try:
             message = Message.from_delivery(body, props, args, allow_pickle=self.allow_pickle)
             message.payload  # noqa: B018 - decode before the handler sees it
