@@ -304,3 +304,55 @@ async def test_peer_groups_under_cuts_hear_every_confirmed_shout(pika_peer: Pika
             await c.stopService()
         proxy.stop()
         await pika_peer.delete_exchange(group)
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_never_appears_in_logs_or_reprs(pika_peer: PikaPeer) -> None:
+    """
+    Scenario 12: across an authentication failure, connection cuts and
+    reconnects, no log event (formatted, or any of its fields) and no repr
+    holds the password.
+    """
+    from twisted.internet.threads import deferToThread
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from txmsg.errors import AuthenticationError
+
+    from .conftest import rabbitmqctl
+
+    secret = "s3cr3t-" + unique("pw")[-8:]
+    user = "nobody"
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    proxy, url = await proxied()
+    try:
+        bad = Connection(url.replace("guest:guest", f"guest:{secret}"), reactor=reactor, name=unique("bad"))
+        with pytest.raises(AuthenticationError) as e:
+            await bad.when_ready()
+        assert secret not in str(e.value) and secret not in repr(bad)
+        # a user of our own whose password is the secret: its reconnects are checked too
+        user = unique("user")
+        await deferToThread(rabbitmqctl, "add_user", user, secret)
+        await deferToThread(rabbitmqctl, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        good = Connection(
+            url.replace("guest:guest", f"{user}:{secret}"), reactor=reactor, name=unique("good")
+        )
+        await good.when_ready()
+        for _ in range(2):
+            before = good.protocol
+            proxy.cut_all()
+            await eventually(
+                lambda before=before: good.is_connected and good.protocol is not before, timeout=30
+            )
+        assert secret not in repr(good) and secret not in repr(good.protocol)
+        await good.stopService()
+        await bad.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        proxy.stop()
+        if user != "nobody":
+            await deferToThread(rabbitmqctl, "delete_user", user)
+    assert len(events) > 5
+    for event in events:
+        text = formatEvent(event) + " " + " ".join(repr(v) for v in event.values())
+        assert secret not in text, text
