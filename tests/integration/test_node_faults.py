@@ -89,3 +89,56 @@ async def test_kill_9_and_restart_loses_no_confirmed_message(node: RabbitNode) -
         await consumer.stopService()
         await sub.stopService()
         await pub.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_memory_alarm_pauses_publishers_and_they_resume_at_once(node: RabbitNode) -> None:
+    """
+    Scenario 5: with the node's memory alarm raised (watermark 0) publishers
+    are told (connection.blocked) and pause: publishes wait instead of being
+    written.  Within a second of the alarm clearing they resume; every message
+    is confirmed and held; the first waiting publish is confirmed within a
+    second of the broker's connection.unblocked.
+    """
+    from txmsg.producer import DEFAULT_WINDOW
+
+    name = unique("alarm")
+    conn = Connection(node.url, reactor=reactor, name=unique("alarm-pub"))
+    await conn.declare(Queue(name, durable=True))
+    producer = Producer(conn)
+    await producer.publish("", name, b"before the alarm")
+    await deferToThread(node.ctl, "set_vm_memory_high_watermark", "0")
+    try:
+        ds = [producer.publish("", name, b"x" * 1000, message_id=f"m{i}") for i in range(3000)]
+        await eventually(lambda: conn.protocol is not None and conn.protocol.blocked is not None, timeout=20)
+        await eventually(lambda: producer.waiting > 0, timeout=10)
+        confirmed_while_blocked = sum(1 for d in ds if d.called)
+        assert producer.unconfirmed <= DEFAULT_WINDOW
+        assert confirmed_while_blocked < 3000
+        unblocked_at: list[float] = []
+        first_confirm_after: list[float] = []
+        protocol = conn.protocol
+        assert protocol is not None
+
+        def flow() -> None:
+            if protocol.blocked is None and not unblocked_at:
+                unblocked_at.append(time.monotonic())
+
+        protocol.flow_listeners.append(flow)
+        waiting = [d for d in ds if not d.called]
+        waiting[0].addBoth(lambda r: first_confirm_after.append(time.monotonic()) or r)
+    finally:
+        await deferToThread(node.ctl, "set_vm_memory_high_watermark", "0.4")
+    results = await DeferredList(ds, consumeErrors=True)
+    resumed = first_confirm_after[0] - unblocked_at[0]
+    print(
+        f"\nmemory alarm: {len(waiting)} publishes waited; "
+        f"first confirm {resumed * 1000:.0f} ms after unblocked"
+    )
+    assert resumed < 1.0
+    assert all(ok for ok, _ in results)
+    depth = int(
+        node.ctl("list_queues", "name", "messages", "--no-table-headers", "-q").split(name)[1].split()[0]
+    )
+    assert depth == 3001
+    await conn.stopService()
