@@ -142,3 +142,43 @@ async def test_memory_alarm_pauses_publishers_and_they_resume_at_once(node: Rabb
     )
     assert depth == 3001
     await conn.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_consumer_timeout_closing_the_channel_is_recovered(node: RabbitNode) -> None:
+    """
+    Scenario 6: RabbitMQ's consumer_timeout (1 s here) closes the channel of a
+    consumer that holds a delivery too long (406).  The consumer opens a new
+    channel and consumes again; the message comes back and is handled.
+    """
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import deferLater
+
+    await deferToThread(node.ctl, "eval", "application:set_env(rabbit, consumer_timeout, 1000).")
+    await deferToThread(node.ctl, "eval", "application:set_env(rabbit, channel_tick_interval, 500).")
+    name = unique("timeout")
+    conn = Connection(node.url, reactor=reactor, name=unique("timeout-sub"))
+    await conn.declare(Queue(name))
+    attempts: list[bool] = []
+
+    def handler(m: Message) -> Deferred[None]:
+        attempts.append(m.redelivered)
+        if len(attempts) == 1:
+            return deferLater(reactor, 30, lambda: None)  # far over the consumer timeout
+        return deferLater(reactor, 0, lambda: None)
+
+    consumer = Consumer(conn, name, handler, stop_timeout=1)
+    consumer.startService()
+    try:
+        await consumer.wait_consuming()
+        first = consumer.channel
+        await Producer(conn).publish("", name, b"slow")
+        await eventually(lambda: len(attempts) >= 2, timeout=60)
+        assert attempts[:2] == [False, True]
+        assert consumer.channel is not None and consumer.channel is not first
+        assert conn.is_connected
+        await eventually(lambda: consumer.consumed == 1, timeout=10)
+    finally:
+        await consumer.stopService()
+        await conn.stopService()
+        await deferToThread(node.ctl, "eval", "application:unset_env(rabbit, consumer_timeout).")
