@@ -46,6 +46,14 @@ class Declarable(Protocol):
     def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[Any]: ...
 
 
+class Deletable(Protocol):
+    """
+    Something that can be deleted on the broker (a queue or an exchange).
+    """
+
+    def delete(self, channel: Channel) -> Deferred[Any]: ...
+
+
 ReadyHook = Callable[[AMQPProtocol], "Deferred[Any] | None"]
 
 
@@ -339,7 +347,28 @@ class Connection(Service):
             results.append(result)
         return results[0] if len(results) == 1 else results
 
-    def forget(self, *items: Declarable) -> None:
+    @inlineCallbacks
+    def delete(self, *items: Deletable) -> Any:
+        """
+        Stop replaying these declarations, and delete them on the broker now if
+        connected (one at a time on the control channel, like L{declare}).
+        A delete the broker refuses fails with its L{ChannelError}.
+        """
+        self.forget(*items)
+        protocol = self.protocol
+        if protocol is None or not protocol.is_open:
+            return None
+        for item in items:
+            yield self._declare_lock.run(self._delete_one, protocol, item)
+        return None
+
+    @inlineCallbacks
+    def _delete_one(self, protocol: AMQPProtocol, item: Deletable) -> Any:
+        channel = yield self._control_channel(protocol)
+        result = yield item.delete(channel)
+        return result
+
+    def forget(self, *items: Declarable | Deletable) -> None:
         """
         Stop replaying these declarations on reconnect.
         """
@@ -463,4 +492,4 @@ class Connection(Service):
             w.errback(reason)
 
 
-__all__ = ["ClusterEndpoint", "Connection", "Declarable", "NoBrokerAvailable", "TxmsgError"]
+__all__ = ["ClusterEndpoint", "Connection", "Declarable", "Deletable", "NoBrokerAvailable", "TxmsgError"]

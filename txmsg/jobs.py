@@ -348,14 +348,7 @@ class _Run:
         d: Deferred[Any] = consumer.stopService() if consumer is not None else succeed(None)
 
         def delete(_: object) -> Any:
-            if not self.connection.is_connected:
-                return None
-
-            def on(channel: Any) -> Any:
-                d = channel.call("queue.delete", queue=self.results.name, if_unused=False, if_empty=False)
-                return d.addBoth(lambda _: channel.close())
-
-            return self.connection.channel().addCallback(on)
+            return self.connection.delete(self.results)
 
         return d.addCallback(delete).addErrback(
             lambda f: self.client._log.failure("removing the result queue of job {id}", f, id=self.job_id)

@@ -16,6 +16,7 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from txmsg._declare import start_after_declaring, wait_ready
 from txmsg.connection import Connection, Declarable
@@ -101,18 +102,14 @@ class PeerGroup(MultiService):
             d = self.stopService() or succeed(None)
         self.connection.forget(*self.topology[1:])
         if discard or not self.durable:
-            d.addCallback(lambda _: self._delete_queue())
+            d.addCallback(lambda _: self.connection.delete(self.queue))
+            d.addErrback(
+                lambda f: self._log.failure("deleting the queue of peer {peer}", f, peer=self.peer_id)
+            )
         return d.addCallback(lambda _: None)
 
-    def _delete_queue(self) -> Deferred[Any]:
-        def delete(channel: Any) -> Deferred[Any]:
-            return channel.call(
-                "queue.delete", queue=self.queue.name, if_unused=False, if_empty=False
-            ).addBoth(lambda _: channel.close() if channel.is_open else None)
-
-        if not self.connection.is_connected:
-            return succeed(None)
-        return self.connection.channel().addCallback(delete)
+    def _delete_failed(self, reason: Failure) -> None:
+        self._log.failure("deleting the queue of peer {peer}", reason, peer=self.peer_id)
 
     @staticmethod
     def sender(message: Message) -> str | None:

@@ -118,6 +118,12 @@ class Queue:
         except KeyError:
             raise LookupError("this server-named queue has not been declared yet") from None
 
+    def delete(self, channel: Channel, if_unused: bool = False, if_empty: bool = False) -> Deferred[Any]:
+        """
+        Delete this queue (by its name; a server-named queue has none to give).
+        """
+        return channel.call("queue.delete", queue=self.name, if_unused=if_unused, if_empty=if_empty)
+
     def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[QueueInfo]:
         def declared(result: dict[str, Any]) -> QueueInfo:
             names[self] = result["queue"]

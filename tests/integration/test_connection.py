@@ -27,7 +27,7 @@ from txmsg import (
     VhostNotFound,
 )
 
-from .conftest import PikaPeer, close_connection, eventually, unique
+from .conftest import PikaPeer, close_connection, eventually, rabbitmqctl, unique
 
 pytestmark = pytest.mark.integration
 
@@ -211,3 +211,18 @@ async def test_publishes_during_an_outage_wait_and_are_confirmed(
         assert bodies == {b"before"} | {f"during-{i}".encode() for i in range(50)}
     finally:
         await pika_peer.delete_queue(name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_removes_a_queue_and_stops_replaying_it(connection: Connection) -> None:
+    """
+    Connection.delete deletes the queue on the broker and takes it out of the
+    topology replayed on reconnect.
+    """
+    name = unique("delete")
+    queue = Queue(name)
+    await connection.declare(queue)
+    assert name in rabbitmqctl("list_queues", "name", "--no-table-headers", "-q").split()
+    await connection.delete(queue)
+    assert queue not in connection.topology
+    assert name not in rabbitmqctl("list_queues", "name", "--no-table-headers", "-q").split()
