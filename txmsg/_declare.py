@@ -73,3 +73,32 @@ def wait_ready(declared: Deferred[Any], consumers: Iterable[Any]) -> Deferred[An
         return gatherResults([c.wait_consuming() for c in consumers], consumeErrors=True)
 
     return forked.addCallback(consumers_ready)
+
+
+class DeclaringService(MultiService):
+    """
+    A service that declares its C{topology} (now and on every reconnect) and
+    then starts its C{consumers} as children.  C{declared} fails if the broker
+    refused a declaration; L{wait_ready} fires once everything is declared,
+    bound and consuming.
+    """
+
+    def __init__(
+        self, connection: Connection, topology: Iterable[Declarable] = (), consumers: Iterable[Any] = ()
+    ) -> None:
+        super().__init__()
+        self.connection = connection
+        self.topology: list[Declarable] = list(topology)
+        self.consumers: list[Any] = list(consumers)
+        self.declared: Deferred[Any] = succeed(None)
+
+    def startService(self) -> None:
+        super().startService()
+        self.declared = start_after_declaring(self, self.connection, self.topology, self.consumers)
+
+    def wait_ready(self) -> Deferred[Any]:
+        """
+        Fire once the topology is declared and bound and every consumer is
+        registered with the broker (start the service first).
+        """
+        return wait_ready(self.declared, self.consumers)

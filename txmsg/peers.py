@@ -13,13 +13,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txmsg._declare import start_after_declaring, wait_ready
-from txmsg.connection import Connection, Declarable
+from txmsg._declare import DeclaringService
+from txmsg.connection import Connection
 from txmsg.consumer import DEFAULT_PREFETCH, Consumer, Handler, call_handler
 from txmsg.message import Message
 from txmsg.producer import Producer
@@ -29,7 +28,7 @@ from txmsg.topology import Binding, Exchange, Queue
 PEER_HEADER = "x-txmsg-peer"
 
 
-class PeerGroup(MultiService):
+class PeerGroup(DeclaringService):
     """
     Join the group C{name} (a fanout exchange of that name) as C{peer_id};
     C{handler(message)} gets every shout, this peer's own too unless
@@ -52,10 +51,9 @@ class PeerGroup(MultiService):
         ignore_self: bool = False,
         prefetch: int = DEFAULT_PREFETCH,
     ) -> None:
-        super().__init__()
         if not name:
             raise ValueError("a peer group needs a name")
-        self.connection = connection
+        super().__init__(connection)
         self.group = name
         self.handler = handler
         self.peer_id = peer_id or uuid.uuid4().hex[:12]
@@ -65,23 +63,12 @@ class PeerGroup(MultiService):
         self.queue = Queue(
             f"{name}.{self.peer_id}", durable=durable, exclusive=not durable, auto_delete=not durable
         )
-        self.topology: list[Declarable] = [self.exchange, self.queue, Binding(self.queue, self.exchange, "")]
+        self.topology = [self.exchange, self.queue, Binding(self.queue, self.exchange, "")]
         self.producer = Producer(connection)
         self.consumer = Consumer(connection, self.queue, self._heard, prefetch=prefetch)
+        self.consumers = [self.consumer]
         #: shouts heard (own ones skipped by ignore_self not counted)
         self.heard = 0
-        self.declared: Deferred[Any] = succeed(None)
-
-    def startService(self) -> None:
-        super().startService()
-        self.declared = start_after_declaring(self, self.connection, self.topology, [self.consumer])
-
-    def wait_ready(self) -> Deferred[Any]:
-        """
-        Fire once this peer's queue is declared and bound and it hears shouts
-        (start the service first).
-        """
-        return wait_ready(self.declared, [self.consumer])
 
     def shout(self, payload: Any, **properties: Any) -> Deferred[None]:
         """

@@ -25,14 +25,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txmsg._channel import Channel
-from txmsg._declare import start_after_declaring, wait_ready
-from txmsg.connection import Connection, Declarable
+from txmsg._declare import DeclaringService
+from txmsg.connection import Connection
 from txmsg.consumer import (
     DEFAULT_MAX_REDELIVERIES,
     DEFAULT_PREFETCH,
@@ -115,7 +114,7 @@ def encode_reply(request: Message, result: Any) -> tuple[Any, str | None]:
     return encode_payload(result)
 
 
-class RpcServer(MultiService):
+class RpcServer(DeclaringService):
     """
     Answer requests with C{handler(message)}: its return value (or what its
     Deferred or coroutine gives) is the reply.  An exception becomes an error
@@ -150,8 +149,7 @@ class RpcServer(MultiService):
         persistent_replies: bool = False,
         max_redeliveries: int = DEFAULT_MAX_REDELIVERIES,
     ) -> None:
-        super().__init__()
-        self.connection = connection
+        super().__init__(connection)
         self.handler = handler
         self.server_id = server_id or default_server_id()
         self.persistent_replies = persistent_replies
@@ -163,7 +161,6 @@ class RpcServer(MultiService):
             raise ValueError("bindings and broadcast keys need an exchange")
         if queue is None and not broadcast:
             raise ValueError("an RPC server needs a queue or broadcast keys")
-        self.topology: list[Declarable] = []
         if exchange is not None:
             self.topology.append(exchange)
         queues: list[Queue | str] = []
@@ -192,17 +189,6 @@ class RpcServer(MultiService):
         #: requests answered, and those answered with an error
         self.answered = 0
         self.errors = 0
-
-    def startService(self) -> None:
-        super().startService()
-        self.declared = start_after_declaring(self, self.connection, self.topology, self.consumers)
-
-    def wait_ready(self) -> Deferred[Any]:
-        """
-        Fire once the queues are declared and bound and every consumer is
-        registered with the broker (start the service first).
-        """
-        return wait_ready(self.declared, self.consumers)
 
     def _answer(self, request: Message) -> Deferred[Any]:
         d = call_handler(self.handler, request)

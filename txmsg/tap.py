@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python import reflect, usage
 from twisted.python.failure import Failure
 
-from txmsg._declare import start_after_declaring
+from txmsg._declare import DeclaringService
 from txmsg.connection import Connection
 from txmsg.consumer import DEFAULT_PREFETCH, Consumer, Handler
 from txmsg.errors import FatalConnectionError, PreconditionFailed, TxmsgError
@@ -352,24 +352,6 @@ def watch_startup(reactor: Any, connection: Connection, declared: Any) -> None:
         declared.addErrback(fatal)
 
 
-class DeclaredConsumer(MultiService):
-    """
-    A consumer whose queue, exchange and bindings are declared first (and on
-    every reconnect); C{declared} fails if the broker refused one.
-    """
-
-    def __init__(self, connection: Connection, items: list[Any], consumer: Consumer) -> None:
-        super().__init__()
-        self.connection = connection
-        self.items = items
-        self.consumer = consumer
-        self.declared: Any = None
-
-    def startService(self) -> None:
-        super().startService()
-        self.declared = start_after_declaring(self, self.connection, self.items, [self.consumer])
-
-
 class _StartupWatch(Service):
     def __init__(self, reactor: Any, connection: Connection, role: Any) -> None:
         self.reactor = reactor
@@ -397,7 +379,7 @@ def make_services(options: Options, reactor: Any) -> MultiService:
         consumer = Consumer(
             connection, queue, handler, prefetch=options["prefetch"], concurrency=options["concurrency"]
         )
-        role_service: Any = DeclaredConsumer(connection, [queue, *bindings_from(options, queue)], consumer)
+        role_service: Any = DeclaringService(connection, [queue, *bindings_from(options, queue)], [consumer])
         role_service.setServiceParent(top)
         consumers.append(consumer)
     elif role == "worker":

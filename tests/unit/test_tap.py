@@ -10,9 +10,9 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from txmsg import Binding, Exchange, Queue
+from txmsg._declare import DeclaringService
 from txmsg.errors import PreconditionFailed
 from txmsg.tap import (
-    DeclaredConsumer,
     Options,
     bindings_from,
     explain,
@@ -165,6 +165,6 @@ def test_consumer_role_builds_a_declared_consumer_after_the_connection() -> None
     services = list(top)
     assert type(services[0]).__name__ == "Connection"
     role = services[1]
-    assert isinstance(role, DeclaredConsumer)
-    assert role.items == [Queue("q")]
-    assert role.consumer.prefetch == 7
+    assert isinstance(role, DeclaringService)
+    assert role.topology == [Queue("q")]
+    assert role.consumers[0].prefetch == 7
