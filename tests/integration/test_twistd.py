@@ -22,6 +22,7 @@ import pika
 import pytest
 
 from .conftest import BROKER_URL, rabbitmqctl, unique
+from .nodes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -434,16 +435,6 @@ def test_fanout_role_peers_hear_a_shout(twistd: Callable[..., Twistd]) -> None:
         ch.queue_delete(f"{group}.b")
         ch.exchange_delete(group)
         conn.close()
-
-
-def free_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
 
 def test_metrics_and_health(twistd: Callable[..., Twistd]) -> None:
