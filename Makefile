@@ -4,6 +4,8 @@
 #   make test         set everything up and run the whole test suite
 #                     (extra pytest arguments: make test PYTEST_ARGS="-k foo")
 #   make lint         ruff + mypy
+#   make reliability  the fault scenarios at 5x their CI counts, one table of figures
+#                     (scripts/reliability-report; REPORT_ARGS="--scale 10 --only 1,3")
 #   make broker-stop  stop the RabbitMQ node the project started (if any)
 #   make clean        stop the project's nodes, remove .venv, .txmsg and build output
 
@@ -20,7 +22,7 @@ RMQ_BIN := $(CURDIR)/.txmsg/rabbitmq-$(TXMSG_BROKER_PORT)/bin
 endif
 WITH_BROKER_PATH := PATH="$(RMQ_BIN):$$PATH"
 
-.PHONY: all bootstrap demo test lint broker broker-stop clean
+.PHONY: all bootstrap demo test lint reliability broker broker-stop clean
 
 all: test
 
@@ -37,6 +39,9 @@ lint:
 	bash scripts/bootstrap.sh --no-broker
 	.venv/bin/ruff check txmsg tests bench examples
 	.venv/bin/mypy txmsg
+
+reliability:
+	bash scripts/reliability-report $(REPORT_ARGS)
 
 broker:
 	bash scripts/ensure-broker.sh

@@ -164,6 +164,11 @@ class AMQPProtocol(FrameReceiver):
             if not self._started:
                 if n < 7:
                     return
+                if buf[0] in (0x15, 0x16) and buf[1] == 0x03:
+                    raise ProtocolError(
+                        f"{self.params.host}:{self.params.port} answered with TLS, not AMQP: "
+                        "use an amqps:// URL for a TLS port"
+                    )
                 if buf[:4] == b"AMQP":
                     raise ProtocolError(
                         "the broker does not speak AMQP 0-9-1 (it answered with protocol "
@@ -293,7 +298,9 @@ class AMQPProtocol(FrameReceiver):
         elif key == _CONN_CLOSE:
             self._on_close(args)
         elif key == _CONN_CLOSE_OK:
-            self.transport.loseConnection()
+            # nothing is left to say: a TLS transport's loseConnection would wait
+            # for a close_notify that RabbitMQ does not send
+            self.transport.abortConnection()
         elif key == _CONN_BLOCKED:
             self.blocked = args.get("reason") or "blocked"
             self._log.warn(
@@ -471,15 +478,27 @@ class AMQPProtocol(FrameReceiver):
 def _is_tls_error(reason: Failure) -> bool:
     try:
         from OpenSSL import SSL
+        from service_identity import VerificationError
     except ImportError:  # pragma: no cover
         return False
-    return reason.check(SSL.Error) is not None
+    return reason.check(SSL.Error, VerificationError) is not None
 
 
 def _tls_text(reason: Failure) -> str:
     value = reason.value
+    mismatched = [getattr(e, "mismatched_id", None) for e in getattr(value, "errors", ())]
+    names = []
+    for m in mismatched:
+        name = getattr(m, "hostname", None) or getattr(m, "ip", None)
+        if name is not None:
+            names.append(name.decode("idna") if isinstance(name, bytes) else str(name))
+    if names:
+        return f"its certificate is not valid for {', '.join(names)}"
     args: Any = getattr(value, "args", ())
     try:
-        return "; ".join(str(x[2]) for x in args[0]) or str(value)
+        text = "; ".join(str(x[2]) for x in args[0]) or str(value)
     except (IndexError, TypeError):
-        return str(value)
+        text = str(value)
+    if "certificate verify failed" in text:
+        text += " (its certificate is not signed by a CA the client trusts: see cacertfile)"
+    return text

@@ -50,6 +50,7 @@ Exit codes::
         with --gather, any server's)
     66  the queue or exchange does not exist (EX_NOINPUT)
     69  no broker could be reached within --timeout (EX_UNAVAILABLE)
+    76  TLS verification failed, or the peer does not speak AMQP 0-9-1 (EX_PROTOCOL)
     77  the broker refused the user name, password, vhost or an operation (EX_NOPERM)
    130  interrupted by Ctrl-C (143: SIGTERM), except for listen, which exits 0
 """
@@ -82,13 +83,20 @@ from zope.interface import implementer
 from txmsg.connection import Connection
 from txmsg.consumer import Consumer
 from txmsg.errors import (
-    AccessRefused,
-    AuthenticationError,
-    FatalConnectionError,
     NotFound,
     TxmsgError,
     UndecodableMessage,
-    VhostNotFound,
+)
+from txmsg.exits import (
+    EXIT_FAILED,
+    EXIT_NOINPUT,
+    EXIT_NOPERM,
+    EXIT_OK,
+    EXIT_PROTOCOL,
+    EXIT_SOFTWARE,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    exit_code_for,
 )
 from txmsg.message import JSON, TEXT, Message
 from txmsg.producer import Nacked, Producer, Unroutable
@@ -102,6 +110,7 @@ __all__ = [
     "EXIT_NOPERM",
     "EXIT_NO_SERVER",
     "EXIT_OK",
+    "EXIT_PROTOCOL",
     "EXIT_REMOTE_ERROR",
     "EXIT_SOFTWARE",
     "EXIT_TIMEOUT",
@@ -119,20 +128,9 @@ __all__ = [
     "run",
 ]
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_NO_SERVER = 4
 EXIT_REMOTE_ERROR = 5
-#: sysexits.h EX_NOINPUT: the queue or exchange does not exist
-EXIT_NOINPUT = 66
-#: sysexits.h EX_UNAVAILABLE: no broker answered
-EXIT_UNAVAILABLE = 69
-#: sysexits.h EX_SOFTWARE: a bug in txmsg
-EXIT_SOFTWARE = 70
-#: sysexits.h EX_NOPERM: credentials, vhost or permissions refused
-EXIT_NOPERM = 77
 
 #: seconds to wait for a broker, a confirm or a reply, unless --timeout says
 DEFAULT_TIMEOUT = 10.0
@@ -807,12 +805,9 @@ def _exit_code(error: BaseException) -> int:
     """
     if isinstance(error, CommandFailed):
         return error.code
-    if isinstance(error, (AuthenticationError, VhostNotFound, AccessRefused)):
-        return EXIT_NOPERM
-    if isinstance(error, NotFound):
-        return EXIT_NOINPUT
-    if isinstance(error, FatalConnectionError):
-        return EXIT_UNAVAILABLE
+    code = exit_code_for(error)
+    if code is not None:
+        return code
     if isinstance(error, (TypeError, ValueError)):
         return EXIT_USAGE
     if isinstance(error, Interrupted):

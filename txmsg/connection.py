@@ -433,7 +433,9 @@ class Connection(Service):
                 self._fatal = reason
                 self._fail_waiters(reason)
                 self._tell_stopped(reason)
-                self.reactor.callLater(0, self._stop_after_fatal)
+                # stop before the connection is dropped: ClientService would
+                # otherwise schedule (and log) a retry that never comes
+                self._stop_after_fatal()
             else:
                 self._log.info(
                     "connection to {url} failed: {error}",

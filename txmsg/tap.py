@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -27,7 +28,8 @@ from twisted.python.failure import Failure
 from txmsg._declare import DeclaringService
 from txmsg.connection import Connection
 from txmsg.consumer import DEFAULT_PREFETCH, Consumer, Handler
-from txmsg.errors import FatalConnectionError, PreconditionFailed, TxmsgError
+from txmsg.errors import ConnectionLost, FatalConnectionError, PreconditionFailed, TxmsgError
+from txmsg.exits import EXIT_FAILED, EXIT_UNAVAILABLE, exit_code_for
 from txmsg.message import Message
 from txmsg.peers import PeerGroup
 from txmsg.rpc import RpcServer
@@ -36,8 +38,6 @@ from txmsg.url import InvalidURL, parse_urls
 
 ROLES = ("consumer", "worker", "rpc-server", "fanout", "producer")
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
-#: the exit status when a role cannot start (e.g. a queue declared with other flags)
-EXIT_FAILED = 1
 
 _log = Logger(namespace="txmsg")
 
@@ -116,6 +116,13 @@ class Options(usage.Options):
             "pkg.module:callable called with each Message (value, Deferred or coroutine).",
         ],
         ["metrics", None, None, "Endpoint (e.g. tcp:9100) serving /metrics (Prometheus) and /health (JSON)."],
+        [
+            "connect-timeout",
+            None,
+            None,
+            "Exit 69 if no broker answered within this many seconds of starting (default: keep trying).",
+            float,
+        ],
         # consumer / rpc-server
         ["queue", "q", None, "Queue to consume (declared with exactly the flags given)."],
         ["exchange", "e", None, "Exchange to bind the queue to (declared)."],
@@ -188,6 +195,8 @@ class Options(usage.Options):
             self["params"] = parse_urls(self["urls"] or None)
         except InvalidURL as e:
             raise usage.UsageError(str(e)) from None
+        if self["connect-timeout"] is not None and not self["connect-timeout"] > 0:
+            raise usage.UsageError("--connect-timeout must be positive")
         if self["exchange-type"] not in EXCHANGE_TYPES:
             raise usage.UsageError(f"--exchange-type must be one of: {', '.join(EXCHANGE_TYPES)}")
         if self["match"] not in ("all", "any"):
@@ -311,15 +320,16 @@ class _ExitStatus:
     reactor and sets the process's exit status with this.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, at_exit: Callable[[Callable[[], None]], object] = atexit.register) -> None:
         self.code: int | None = None
+        self._at_exit = at_exit
 
     def fail(self, reactor: Any, code: int, line: str) -> None:
         if self.code is not None:
             return  # one line for one failure seen from two sides
         _log.critical("{line}", line=line)
         self.code = code
-        atexit.register(self._exit)
+        self._at_exit(self._exit)
         if reactor.running:
             reactor.stop()
         else:
@@ -334,33 +344,63 @@ class _ExitStatus:
 exit_status = _ExitStatus()
 
 
-def watch_startup(reactor: Any, connection: Connection, declared: Any) -> None:
+def watch_startup(
+    reactor: Any,
+    connection: Connection,
+    declared: Any,
+    connect_timeout: float | None = None,
+    status: _ExitStatus = exit_status,
+) -> None:
     """
-    Stop the process with one line and a non-zero status if the broker refuses
-    us for good (credentials, vhost) or refuses a declaration.
+    Stop the process with one line and a non-zero status (see L{txmsg.exits})
+    if the broker refuses us for good (credentials, vhost, TLS), refuses a
+    declaration, or, given C{connect_timeout}, does not answer in time.  A
+    process stopped (SIGTERM) before it was connected is not a failure.
     """
 
     def fatal(reason: Failure) -> None:
-        exit_status.fail(reactor, EXIT_FAILED, f"txmsg: cannot start: {explain(reason)}")
+        if reason.check(ConnectionLost) and not connection.running:
+            return  # stopped while waiting: twistd is shutting down, not failing
+        code = exit_code_for(reason.value) or EXIT_FAILED
+        status.fail(reactor, code, f"txmsg: cannot start: {explain(reason)}")
 
     def connection_failed(reason: Failure) -> None:
         if reason.check(FatalConnectionError):
             fatal(reason)
 
-    connection.when_ready().addErrback(connection_failed)
+    ready = connection.when_ready()
+    ready.addErrback(connection_failed)
     if declared is not None:
         declared.addErrback(fatal)
+    if connect_timeout is not None:
+
+        def too_late() -> None:
+            if connection.running and connection.protocol is None:
+                urls = ", ".join(p.safe_url for p in connection.params)
+                status.fail(
+                    reactor,
+                    EXIT_UNAVAILABLE,
+                    f"txmsg: cannot start: no broker reachable within {connect_timeout:g} s at {urls}",
+                )
+
+        timer = reactor.callLater(connect_timeout, too_late)
+        ready.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
 
 
 class _StartupWatch(Service):
-    def __init__(self, reactor: Any, connection: Connection, role: Any) -> None:
+    def __init__(
+        self, reactor: Any, connection: Connection, role: Any, connect_timeout: float | None
+    ) -> None:
         self.reactor = reactor
         self.connection = connection
         self.role = role
+        self.connect_timeout = connect_timeout
 
     def startService(self) -> None:
         super().startService()
-        watch_startup(self.reactor, self.connection, getattr(self.role, "declared", None))
+        watch_startup(
+            self.reactor, self.connection, getattr(self.role, "declared", None), self.connect_timeout
+        )
 
 
 def make_services(options: Options, reactor: Any) -> MultiService:
@@ -439,7 +479,7 @@ def make_services(options: Options, reactor: Any) -> MultiService:
         role_service = web_service(options["listen"], resource, reactor)
         role_service.setServiceParent(top)
     # after the role's service, so that its declarations have begun
-    _StartupWatch(reactor, connection, role_service).setServiceParent(top)
+    _StartupWatch(reactor, connection, role_service, options["connect-timeout"]).setServiceParent(top)
     if options["metrics"]:
         from txmsg.metrics import Metrics, watch_connection, watch_consumer, watch_producer
         from txmsg.web import MonitorResource, web_service

@@ -36,7 +36,11 @@ class RabbitNode:
     One private node, C{name@localhost}, on C{port} (AMQP) and C{dist_port}.
     """
 
-    def __init__(self, base: Path, name: str, home: Path | None = None) -> None:
+    def __init__(self, base: Path, name: str, home: Path | None = None, config: str = "") -> None:
+        """
+        @param config: more lines for the node's C{rabbitmq.conf} (e.g. a TLS
+            listener).
+        """
         self.name = name
         self.node = f"{name}@localhost"
         self.base = base / name
@@ -52,7 +56,7 @@ class RabbitNode:
             cookie.chmod(0o400)
         (self.base / "enabled_plugins").write_text("[].\n")
         (self.base / "rabbitmq-env.conf").write_text("")
-        (self.base / "rabbitmq.conf").write_text("loopback_users = none\n")
+        (self.base / "rabbitmq.conf").write_text("loopback_users = none\n" + config)
 
     @property
     def url(self) -> str:

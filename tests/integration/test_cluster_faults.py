@@ -7,7 +7,6 @@ reported.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +18,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.threads import deferToThread
 
-from txmsg import Connection, Consumer, Message, Producer, Queue
+from txmsg import Connection, Consumer, Producer, Queue
 
 from .conftest import eventually, unique
 from .nodes import RabbitNode, available
+from .report import Tally, record, scaled
 
 pytestmark = [
     pytest.mark.integration,
@@ -64,14 +64,15 @@ async def test_failover_and_rolling_kills_lose_no_confirmed_message(cluster: lis
     first the client's own node, then each node in turn, is killed (-9) and
     restarted; every confirmed id is consumed afterwards (0 lost).
     """
-    total = 6000
+    total = scaled(6000) // 500 * 500
     urls = [n.url for n in cluster]
     name = unique("quorum")
     pub = Connection(urls, reactor=reactor, name=unique("cluster-pub"))
     await pub.declare(Queue.quorum(name))
     producer = Producer(pub)
     by_port = {n.port: n for n in cluster}
-    confirmed: set[str] = set()
+    tally = Tally()
+    confirmed = tally.confirmed
     failed: list[object] = []
     failovers: list[float] = []
     killed_at: list[float] = []
@@ -81,7 +82,8 @@ async def test_failover_and_rolling_kills_lose_no_confirmed_message(cluster: lis
             failovers.append(time.monotonic() - killed_at.pop())
 
     pub.add_ready_hook(ready_again)
-    plan = {1000: "connected", 2500: 0, 3500: 1, 4500: 2}
+    # at 1/6 of the messages the client's own node, then each node in turn
+    plan = {total * n // 12 // 500 * 500: step for n, step in ((2, "connected"), (5, 0), (7, 1), (9, 2))}
     for batch in range(0, total, 500):
         ids = [f"m{i}" for i in range(batch, batch + 500)]
         ds = [producer.publish("", name, b"x" * 100, message_id=i, persistent=True, timeout=180) for i in ids]
@@ -96,24 +98,18 @@ async def test_failover_and_rolling_kills_lose_no_confirmed_message(cluster: lis
         results = await DeferredList(ds, consumeErrors=True)
         for i, (ok, value) in zip(ids, results, strict=True):
             (confirmed.add(i) if ok else failed.append(value))
-    consumed: dict[str, int] = {}
-
-    def handle(m: Message) -> None:
-        consumed[m.message_id or ""] = consumed.get(m.message_id or "", 0) + 1
-
     sub = Connection(urls, reactor=reactor, name=unique("cluster-sub"))
-    consumer = Consumer(sub, name, handle, prefetch=500)
+    consumer = Consumer(sub, name, tally.delivered, prefetch=500)
     consumer.startService()
     try:
-        await eventually(lambda: confirmed <= consumed.keys(), timeout=90)
-        lost = confirmed - consumed.keys()
-        print(
-            f"\ncluster: confirmed {len(confirmed)}/{total}, consumed {len(consumed)}, lost {len(lost)}, "
-            f"duplicates {sum(n - 1 for n in consumed.values())}, failed {len(failed)}, "
-            f"failover p50 {statistics.median(failovers) if failovers else float('nan'):.2f} s "
-            f"max {max(failovers) if failovers else float('nan'):.2f} s ({len(failovers)} failovers)"
+        await eventually(lambda: tally.all_consumed, timeout=90)
+        record(
+            "3 cluster failover, rolling kills",
+            tally,
+            reconnects=failovers,
+            detail=f"quorum queue on 3 nodes; {len(failovers)} failovers; {len(failed)} publishes failed",
         )
-        assert not lost
+        assert not tally.lost
         assert len(confirmed) == total, failed[:3]
         assert failovers, "the client's own node was never killed"
     finally:

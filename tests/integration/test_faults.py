@@ -5,7 +5,6 @@ blackholed connection.  The bar: no confirmed message is ever lost.
 
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any
 
@@ -15,10 +14,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.task import LoopingCall
 
-from txmsg import Binding, Connection, Consumer, Exchange, Message, Producer, Queue
+from txmsg import Binding, Connection, Consumer, Exchange, Producer, Queue
 
 from .conftest import PikaPeer, eventually, unique
 from .faults import FaultProxy
+from .report import Tally, record, scaled
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ async def test_cuts_every_second_lose_no_confirmed_message(pika_peer: PikaPeer) 
     the plain consumer's duplicates are counted, the de-duplicating one sees
     none; the publisher's reconnect times are reported.
     """
-    total = 20_000
+    total = scaled(20_000)
     proxy, url = await proxied()
     name = unique("cuts")
     queue = Queue(name, durable=True)
@@ -75,29 +75,19 @@ async def test_cuts_every_second_lose_no_confirmed_message(pika_peer: PikaPeer) 
     exchange = Exchange(name, "fanout")
     pub = Connection(url, reactor=reactor, name=unique("cut-pub"))
     sub = Connection(url, reactor=reactor, name=unique("cut-sub"))
-    consumed: dict[str, int] = {}
-    redelivered = 0
-
-    def handle(m: Message) -> None:
-        nonlocal redelivered
-        consumed[m.message_id or ""] = consumed.get(m.message_id or "", 0) + 1
-        redelivered += m.redelivered
-
-    deduped: dict[str, int] = {}
-
-    def handle_once(m: Message) -> None:
-        deduped[m.message_id or ""] = deduped.get(m.message_id or "", 0) + 1
+    plain = Tally()
+    deduped = Tally()
 
     await pub.declare(
         exchange, queue, dedupe_queue, Binding(queue, exchange, ""), Binding(dedupe_queue, exchange, "")
     )
-    consumer = Consumer(sub, queue, handle, prefetch=200)
-    dedupe_consumer = Consumer(sub, dedupe_queue, handle_once, prefetch=200, dedupe_window=total)
+    consumer = Consumer(sub, queue, plain.delivered, prefetch=200)
+    dedupe_consumer = Consumer(sub, dedupe_queue, deduped.delivered, prefetch=200, dedupe_window=total)
     for c in (consumer, dedupe_consumer):
         c.startService()
         await c.wait_consuming()
     producer = Producer(pub)
-    confirmed: set[str] = set()
+    confirmed = plain.confirmed
     failed: list[Any] = []
     reconnects: list[float] = []
 
@@ -131,20 +121,19 @@ async def test_cuts_every_second_lose_no_confirmed_message(pika_peer: PikaPeer) 
             for i, (ok, value) in zip(ids, results, strict=True):
                 (confirmed.add(i) if ok else failed.append(value))
         cutter.stop()
-        await eventually(lambda: confirmed <= consumed.keys() and confirmed <= deduped.keys(), timeout=120)
+        deduped.confirmed = confirmed
+        await eventually(lambda: plain.all_consumed and deduped.all_consumed, timeout=120)
         elapsed = time.monotonic() - start
-        lost = confirmed - consumed.keys()
-        duplicates = sum(n - 1 for n in consumed.values())
-        print(
-            f"\ncuts: {proxy.cuts}, confirmed {len(confirmed)}/{total}, consumed {len(consumed)}, "
-            f"lost {len(lost)}, duplicates {duplicates} (redelivered-flagged {redelivered}), "
-            f"with a dedupe window {sum(n - 1 for n in deduped.values())} "
-            f"({dedupe_consumer.deduplicated} skipped), "
-            f"failed publishes {len(failed)}, reconnect p50 {statistics.median(reconnects):.2f} s "
-            f"max {max(reconnects):.2f} s, {elapsed:.1f} s"
+        detail = f"{proxy.cuts} cuts in {elapsed:.0f} s; {len(failed)} publishes failed"
+        record("1 cuts every 0.75 s", plain, reconnects=reconnects, detail=detail)
+        record(
+            "1 cuts, consumer with dedupe_window",
+            deduped,
+            reconnects=reconnects,
+            detail=f"{dedupe_consumer.deduplicated} duplicates skipped",
         )
-        assert not lost and not (confirmed - deduped.keys())
-        assert all(n == 1 for n in deduped.values())
+        assert not plain.lost and not deduped.lost
+        assert all(n == 1 for n in deduped.consumed.values())
         assert proxy.cuts >= 2
         assert len(confirmed) == total, failed[:3]
     finally:
@@ -177,7 +166,7 @@ async def test_blackholed_connection_is_detected_within_two_heartbeats(pika_peer
         start = time.monotonic()
         await eventually(lambda: not conn.is_connected, timeout=10, interval=0.02)
         detected = time.monotonic() - start
-        print(f"\nblackhole detected after {detected:.2f} s (heartbeat 1 s)")
+        record("4 blackhole, heartbeat 1 s", detail=f"detected after {detected:.2f} s", detected_s=detected)
         assert detected <= 2.5
         proxy.blackhole = False
         proxy.cut_all()  # the old sockets are still open on the broker's side
@@ -216,7 +205,7 @@ async def test_rpc_under_cuts_answers_each_call_once_or_times_out(pika_peer: Pik
         cutter.start(0.75, now=False)
         batch = 0
         # at least 400 calls, and on until the proxy has cut three times
-        while batch < 400 or (proxy.cuts < 3 and batch < 20_000):
+        while batch < scaled(400) or (proxy.cuts < 3 and batch < 20_000):
             calls = {i: client.call(name, i, timeout=5) for i in range(batch, batch + 50)}
             batch += 50
             for i, d in calls.items():
@@ -229,7 +218,13 @@ async def test_rpc_under_cuts_answers_each_call_once_or_times_out(pika_peer: Pik
             for i, rs in outcomes.items()
             if len(rs) == 1 and getattr(rs[0], "check", None) and rs[0].check(RpcTimeout)
         ]
-        print(f"\nrpc under cuts: {proxy.cuts} cuts, {len(answered)} answered, {len(timed_out)} timed out")
+        record(
+            "7 RPC under cuts",
+            detail=f"{batch} calls, {proxy.cuts} cuts: {len(answered)} answered, {len(timed_out)} RpcTimeout",
+            calls=batch,
+            answered=len(answered),
+            timed_out=len(timed_out),
+        )
         assert sorted(outcomes) == list(range(batch))
         assert all(len(rs) == 1 for rs in outcomes.values())
         assert len(answered) + len(timed_out) == batch
@@ -261,24 +256,19 @@ async def test_peer_groups_under_cuts_hear_every_confirmed_shout(pika_peer: Pika
     proxy, url = await proxied()
     group = unique("peer-cuts")
     conns = [Connection(url, reactor=reactor, name=unique(f"peer{i}")) for i in range(3)]
-    heard: list[set[str]] = [set() for _ in range(3)]
-    peers = [
-        PeerGroup(
-            conns[i], group, lambda m, i=i: heard[i].add(m.message_id or ""), peer_id=f"p{i}", durable=True
-        )
-        for i in range(3)
-    ]
+    confirmed: set[str] = set()
+    heard = [Tally(confirmed=confirmed) for _ in range(3)]
+    peers = [PeerGroup(conns[i], group, heard[i].delivered, peer_id=f"p{i}", durable=True) for i in range(3)]
     for p in peers:
         p.startService()
     for p in peers:
         await p.wait_ready()
     cutter = LoopingCall(proxy.cut_all)
     cutter.clock = reactor
-    confirmed: set[str] = set()
     try:
         cutter.start(0.75, now=False)
         round_ = 0
-        while round_ < 300 or (proxy.cuts < 3 and round_ < 20_000):
+        while round_ < scaled(300) or (proxy.cuts < 3 and round_ < 20_000):
             ds = {
                 f"p{i}-{n}": peers[i].shout(n, message_id=f"p{i}-{n}", persistent=True, timeout=60)
                 for i in range(3)
@@ -288,10 +278,15 @@ async def test_peer_groups_under_cuts_hear_every_confirmed_shout(pika_peer: Pika
             results = await DeferredList(list(ds.values()), consumeErrors=True)
             confirmed.update(mid for mid, (ok, _) in zip(ds, results, strict=True) if ok)
         cutter.stop()
-        await eventually(lambda: all(confirmed <= h for h in heard), timeout=60)
-        print(
-            f"\npeer groups under cuts: {proxy.cuts} cuts, {len(confirmed)} confirmed shouts, "
-            f"heard {[len(h) for h in heard]}"
+        await eventually(lambda: all(h.all_consumed for h in heard), timeout=60)
+        record(
+            "8 peer group under cuts",
+            confirmed=len(confirmed),
+            consumed=min(len(h.consumed) for h in heard),
+            lost=len(set().union(*(h.lost for h in heard))),
+            flagged=sum(h.flagged for h in heard),
+            unflagged=sum(h.unflagged for h in heard),
+            detail=f"3 peers, {proxy.cuts} cuts; consumed: the fewest shouts one peer heard",
         )
         assert len(confirmed) == 3 * round_
         assert proxy.cuts >= 3

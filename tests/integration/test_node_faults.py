@@ -19,6 +19,7 @@ from txmsg import Connection, Consumer, Message, Producer, Queue
 
 from .conftest import eventually, unique
 from .nodes import RabbitNode, available
+from .report import Tally, record, scaled
 
 pytestmark = [
     pytest.mark.integration,
@@ -44,46 +45,44 @@ async def test_kill_9_and_restart_loses_no_confirmed_message(node: RabbitNode) -
     restarted.  The publisher waits and republishes across the crash; every id
     the broker confirmed is consumed after the restart (0 lost).
     """
-    total = 5000
+    total = scaled(5000)
     name = unique("crash")
     queue = Queue(name, durable=True)
     pub = Connection(node.url, reactor=reactor, name=unique("crash-pub"))
     await pub.declare(queue)
     producer = Producer(pub)
-    confirmed: set[str] = set()
+    tally = Tally()
+    confirmed = tally.confirmed
     failed: list[object] = []
     killed = False
-    start = time.monotonic()
+    back_after = 0.0
     for batch in range(0, total, 500):
-        ids = [f"m{i}" for i in range(batch, batch + 500)]
+        ids = [f"m{i}" for i in range(batch, min(batch + 500, total))]
         ds = [producer.publish("", name, b"x" * 100, message_id=i, persistent=True, timeout=120) for i in ids]
-        if batch == 2000 and not killed:
+        if batch >= total * 2 // 5 and not killed:
             # crash the node while this batch is in flight, then bring it back
             killed = True
+            killed_at = time.monotonic()
             await deferToThread(node.kill9)
             await deferToThread(node.start)
             await deferToThread(node.wait)
+            await eventually(lambda: pub.is_connected, timeout=60)
+            back_after = time.monotonic() - killed_at
         results = await DeferredList(ds, consumeErrors=True)
         for i, (ok, value) in zip(ids, results, strict=True):
             (confirmed.add(i) if ok else failed.append(value))
-    published_in = time.monotonic() - start
-    consumed: dict[str, int] = {}
-
-    def handle(m: Message) -> None:
-        consumed[m.message_id or ""] = consumed.get(m.message_id or "", 0) + 1
-
     sub = Connection(node.url, reactor=reactor, name=unique("crash-sub"))
-    consumer = Consumer(sub, name, handle, prefetch=500)
+    consumer = Consumer(sub, name, tally.delivered, prefetch=500)
     consumer.startService()
     try:
-        await eventually(lambda: confirmed <= consumed.keys(), timeout=60)
-        lost = confirmed - consumed.keys()
-        print(
-            f"\nkill -9: confirmed {len(confirmed)}/{total}, consumed {len(consumed)}, lost {len(lost)}, "
-            f"duplicates {sum(n - 1 for n in consumed.values())}, failed {len(failed)}, "
-            f"published in {published_in:.1f} s"
+        await eventually(lambda: tally.all_consumed, timeout=60)
+        record(
+            "2 node kill -9 and restart",
+            tally,
+            reconnects=[back_after],
+            detail=f"reconnect includes the node's restart; {len(failed)} publishes failed",
         )
-        assert not lost
+        assert not tally.lost
         assert len(confirmed) == total, failed[:3]
     finally:
         await consumer.stopService()
@@ -109,12 +108,13 @@ async def test_memory_alarm_pauses_publishers_and_they_resume_at_once(node: Rabb
     await producer.publish("", name, b"before the alarm")
     await deferToThread(node.ctl, "set_vm_memory_high_watermark", "0")
     try:
-        ds = [producer.publish("", name, b"x" * 1000, message_id=f"m{i}") for i in range(3000)]
+        count = scaled(3000)
+        ds = [producer.publish("", name, b"x" * 1000, message_id=f"m{i}") for i in range(count)]
         await eventually(lambda: conn.protocol is not None and conn.protocol.blocked is not None, timeout=20)
         await eventually(lambda: producer.waiting > 0, timeout=10)
         confirmed_while_blocked = sum(1 for d in ds if d.called)
         assert producer.unconfirmed <= DEFAULT_WINDOW
-        assert confirmed_while_blocked < 3000
+        assert confirmed_while_blocked < count
         unblocked_at: list[float] = []
         first_confirm_after: list[float] = []
         protocol = conn.protocol
@@ -131,16 +131,21 @@ async def test_memory_alarm_pauses_publishers_and_they_resume_at_once(node: Rabb
         await deferToThread(node.ctl, "set_vm_memory_high_watermark", "0.4")
     results = await DeferredList(ds, consumeErrors=True)
     resumed = first_confirm_after[0] - unblocked_at[0]
-    print(
-        f"\nmemory alarm: {len(waiting)} publishes waited; "
-        f"first confirm {resumed * 1000:.0f} ms after unblocked"
-    )
-    assert resumed < 1.0
-    assert all(ok for ok, _ in results)
     depth = int(
         node.ctl("list_queues", "name", "messages", "--no-table-headers", "-q").split(name)[1].split()[0]
     )
-    assert depth == 3001
+    confirmed = 1 + sum(1 for ok, _ in results if ok)
+    record(
+        "5 memory alarm",
+        confirmed=confirmed,
+        held=depth,
+        lost=confirmed - depth,
+        reconnects=[resumed],
+        detail=f"{len(waiting)} publishes waited; first confirm {resumed * 1000:.0f} ms after unblocked",
+    )
+    assert resumed < 1.0
+    assert all(ok for ok, _ in results)
+    assert depth == count + 1
     await conn.stopService()
 
 
@@ -173,7 +178,14 @@ async def test_consumer_timeout_closing_the_channel_is_recovered(node: RabbitNod
         await consumer.wait_consuming()
         first = consumer.channel
         await Producer(conn).publish("", name, b"slow")
+        started = time.monotonic()
         await eventually(lambda: len(attempts) >= 2, timeout=60)
+        back = time.monotonic() - started
+        record(
+            "6 consumer_timeout (1 s) closed the channel",
+            reconnects=[back],
+            detail=f"the held message came back on a new channel {back:.1f} s after it was published",
+        )
         assert attempts[:2] == [False, True]
         assert consumer.channel is not None and consumer.channel is not first
         assert conn.is_connected

@@ -19,6 +19,7 @@ import pytest_twisted
 from txmsg import Connection, Consumer, Exchange, Message, Queue
 
 from .conftest import PikaPeer, eventually, unique
+from .report import record
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +84,14 @@ async def test_poison_messages_are_dead_lettered_and_the_consumer_goes_on(
         assert sorted(body for _, _, body in dead) == sorted(body for body, _ in poison)
         assert all(props.headers["x-death"][0]["reason"] == "rejected" for _, props, _ in dead)
         assert not marker.exists(), "the pickle's __reduce__ ran"
+        sent = 2 * len(poison)
+        record(
+            "9 poison input",
+            published=sent,
+            consumed=consumer.consumed,
+            lost=sent - len(handled) - len(dead),
+            detail=f"{len(handled)} handled, {len(dead)} dead-lettered (rejected); the pickle never ran",
+        )
         assert await pika_peer.depth(name) == 0
     finally:
         await consumer.stopService()

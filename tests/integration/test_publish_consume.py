@@ -24,6 +24,7 @@ from txmsg import Connection, Consumer, Message, Producer, Queue, Requeue
 from txmsg.producer import Nacked, Unroutable
 
 from .conftest import BROKER_URL, PikaPeer, eventually, rabbitmqctl, sleep, unique
+from .report import record
 
 pytestmark = pytest.mark.integration
 
@@ -366,11 +367,18 @@ async def test_deleted_owned_queue_is_declared_again_and_consumed(
     try:
         await consumer.wait_consuming()
         first_channel = consumer.channel
+        deleted_at = time.monotonic()
         await pika_peer.delete_queue(name)
         await eventually(lambda: consumer.channel is not None and consumer.channel is not first_channel)
         await consumer.wait_consuming()
+        again = time.monotonic() - deleted_at
         await pika_peer.publish("", name, b"after")
         await eventually(lambda: received == [b"after"], timeout=15)
+        record(
+            "6 consumer cancelled (queue deleted)",
+            reconnects=[again],
+            detail=f"queue declared again and consumed {again * 1000:.0f} ms after the delete",
+        )
     finally:
         await consumer.stopService()
         await pika_peer.delete_queue(name)

@@ -102,10 +102,12 @@ def handshake(proto: Any) -> None:
 def lose(proto: Any) -> None:
     """
     The transport goes away, as the reactor would report it (through
-    ClientService's protocol proxy).
+    txmsg's guard around ClientService's protocol proxy).
     """
+    from txmsg.connection import _LostGuard
+
     proto.transport.loseConnection()
-    proto._txmsg_proxy.connectionLost(Failure(ConnectionLost()))
+    _LostGuard(proto._txmsg_proxy).connectionLost(Failure(ConnectionLost()))
 
 
 def make_connection(clock: Clock) -> tuple[Connection, TransportEndpoint]:

@@ -482,3 +482,64 @@ def test_call_with_an_unknown_argument_fails_without_writing() -> None:
     opened[0].call("queue.declare", queue="q", durabel=True).addErrback(failures.append)
     assert failures[0].check(TypeError) and "durabel" in str(failures[0].value)
     assert b.transport.value() == b""
+
+
+def test_a_tls_record_where_amqp_was_expected_says_use_amqps() -> None:
+    """
+    Plain AMQP sent to a TLS port gets a TLS alert back: a ProtocolError that
+    says to use amqps://, not a complaint about a frame's size.
+    """
+    from txmsg.errors import ProtocolError
+
+    b = Broker()
+    b.feed(b"\x15\x03\x03\x00\x02\x02\x46")  # TLS 1.2 alert: protocol_version
+    b.lose()
+    [failure] = b.failed
+    assert failure.check(ProtocolError)
+    assert "broker:5672 answered with TLS, not AMQP: use an amqps:// URL" in str(failure.value)
+
+
+def test_certificate_for_another_name_is_a_tls_error() -> None:
+    """
+    service_identity's VerificationError (the certificate does not name the
+    host) fails the handshake with TLSError naming the host, which is fatal.
+    """
+    pytest.importorskip("service_identity")
+    from service_identity import VerificationError
+    from service_identity.hazmat import DNS_ID, DNSMismatch
+
+    from txmsg.errors import TLSError
+
+    b = Broker()
+    b.protocol.connectionLost(
+        Failure(VerificationError(errors=[DNSMismatch(mismatched_id=DNS_ID("broker"))]))
+    )
+    [failure] = b.failed
+    assert failure.check(TLSError)
+    assert str(failure.value) == "TLS handshake with broker failed: its certificate is not valid for broker"
+
+
+def test_close_ok_ends_the_transport_at_once() -> None:
+    """
+    Once the broker answers connection.close with close-ok nothing is left to
+    say: the transport is aborted rather than closed politely (a TLS transport
+    would wait for a close_notify that RabbitMQ does not send).
+    """
+
+    class Transport(StringTransport):
+        aborted = False
+
+        def abortConnection(self) -> None:
+            self.aborted = True
+            super().loseConnection()
+
+    b = Broker()
+    b.transport = Transport()
+    b.protocol.makeConnection(b.transport)
+    b.handshake()
+    closed = b.protocol.close()
+    assert [name for _, _, (name, _) in b.sent()] == ["connection.close"]
+    b.feed(method(0, "connection.close-ok"))
+    assert b.transport.aborted
+    b.lose()
+    assert closed.called

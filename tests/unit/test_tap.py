@@ -168,3 +168,141 @@ def test_consumer_role_builds_a_declared_consumer_after_the_connection() -> None
     assert isinstance(role, DeclaringService)
     assert role.topology == [Queue("q")]
     assert role.consumers[0].prefetch == 7
+
+
+# --- start-up failures and their exit statuses -------------------------------
+
+
+class _Reactor(Clock):
+    """
+    A Clock that is running and records being stopped.
+    """
+
+    running = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped = 0
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+class _Connection:
+    """
+    What watch_startup looks at: when_ready(), running, protocol, params.
+    """
+
+    def __init__(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        from txmsg.url import parse_url
+
+        self.ready: Deferred[object] = Deferred()
+        self.running = True
+        self.protocol: object | None = None
+        self.params = [parse_url("amqp://guest:s3cret@broker:5672/%2F")]
+
+    def when_ready(self) -> object:
+        return self.ready
+
+
+def _watch(**kwargs: object) -> tuple[_Reactor, _Connection, object, list[object]]:
+    from txmsg.tap import _ExitStatus, watch_startup
+
+    at_exit: list[object] = []
+    status = _ExitStatus(at_exit=at_exit.append)
+    reactor, connection = _Reactor(), _Connection()
+    watch_startup(reactor, connection, None, status=status, **kwargs)  # type: ignore[arg-type]
+    return reactor, connection, status, at_exit
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        ("AuthenticationError", 77),
+        ("VhostNotFound", 77),
+        ("TLSError", 76),
+        ("ProtocolError", 76),
+    ],
+)
+def test_fatal_connection_errors_stop_with_their_exit_status(error: str, code: int) -> None:
+    """
+    A refused login or vhost ends the process with 77, a TLS or protocol
+    failure with 76: the reactor is stopped and the status is set at exit.
+    """
+    import txmsg.errors
+
+    reactor, connection, status, at_exit = _watch()
+    connection.ready.errback(getattr(txmsg.errors, error)("refused"))
+    assert status.code == code  # type: ignore[attr-defined]
+    assert reactor.stopped == 1 and len(at_exit) == 1
+
+
+def test_refused_declaration_exits_1() -> None:
+    """
+    A queue the broker holds with other flags is exit 1 (not a connection error).
+    """
+    from twisted.internet.defer import Deferred
+
+    from txmsg.tap import _ExitStatus, watch_startup
+
+    status = _ExitStatus(at_exit=lambda _: None)
+    declared: Deferred[object] = Deferred()
+    watch_startup(_Reactor(), _Connection(), declared, status=status)  # type: ignore[arg-type]
+    declared.errback(PreconditionFailed(406, "PRECONDITION_FAILED - inequivalent arg 'durable'"))
+    assert status.code == 1
+
+
+def test_connect_timeout_exits_69_when_no_broker_answered() -> None:
+    """
+    With --connect-timeout, no connection by then is exit 69; the line names the
+    URL without its password.
+    """
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reactor, _, status, _ = _watch(connect_timeout=5.0)
+        reactor.advance(4.9)
+        assert status.code is None  # type: ignore[attr-defined]
+        reactor.advance(0.2)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert status.code == 69  # type: ignore[attr-defined]
+    [line] = [str(e["line"]) for e in events if "line" in e]
+    assert "no broker reachable within 5 s at amqp://guest:***@broker:5672/%2F" in line
+    assert "s3cret" not in line
+
+
+def test_connect_timeout_is_disarmed_once_connected() -> None:
+    """
+    A connection made in time cancels the timer: nothing happens later.
+    """
+    reactor, connection, status, _ = _watch(connect_timeout=5.0)
+    connection.protocol = object()
+    connection.ready.callback(connection.protocol)
+    assert not reactor.getDelayedCalls()
+    reactor.advance(60)
+    assert status.code is None  # type: ignore[attr-defined]
+
+
+def test_stopped_before_connecting_is_not_a_failure() -> None:
+    """
+    SIGTERM while still waiting for the broker: the connection stops and its
+    waiters fail with ConnectionLost, which is a shutdown, not a failure.
+    """
+    from twisted.internet.defer import Deferred
+
+    from txmsg.errors import ConnectionLost
+    from txmsg.tap import _ExitStatus, watch_startup
+
+    status = _ExitStatus(at_exit=lambda _: None)
+    connection = _Connection()
+    declared: Deferred[object] = Deferred()
+    watch_startup(_Reactor(), connection, declared, status=status)  # type: ignore[arg-type]
+    connection.running = False
+    declared.errback(ConnectionLost("the connection was stopped"))
+    connection.ready.errback(ConnectionLost("the connection was stopped"))
+    assert status.code is None
