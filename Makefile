@@ -4,6 +4,8 @@
 #   make test         set everything up and run the whole test suite
 #                     (extra pytest arguments: make test PYTEST_ARGS="-k foo")
 #   make lint         ruff + mypy
+#   make bench        txmsg against pika (Twisted and blocking), aio-pika and raw txAMQP on
+#                     the same broker (installs the "bench" extra; BENCH_ARGS="--rounds 10")
 #   make reliability  the fault scenarios at 5x their CI counts, one table of figures
 #                     (scripts/reliability-report; REPORT_ARGS="--scale 10 --only 1,3")
 #   make broker-stop  stop the RabbitMQ node the project started (if any)
@@ -22,7 +24,7 @@ RMQ_BIN := $(CURDIR)/.txmsg/rabbitmq-$(TXMSG_BROKER_PORT)/bin
 endif
 WITH_BROKER_PATH := PATH="$(RMQ_BIN):$$PATH"
 
-.PHONY: all bootstrap demo test lint reliability broker broker-stop clean
+.PHONY: all bootstrap demo test lint bench reliability broker broker-stop clean
 
 all: test
 
@@ -39,6 +41,10 @@ lint:
 	bash scripts/bootstrap.sh --no-broker
 	.venv/bin/ruff check txmsg tests bench examples
 	.venv/bin/mypy txmsg
+
+bench: bootstrap
+	$(VENV_PY) -m pip install -q ".[bench]"
+	$(VENV_PY) -m bench.run --ceiling $(BENCH_ARGS)
 
 reliability:
 	bash scripts/reliability-report $(REPORT_ARGS)

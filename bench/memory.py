@@ -91,7 +91,9 @@ def child(mode: str, queue: str, n: int, size: int, batch: int) -> None:
 def run_child(mode: str, queue: str, n: int, size: int, batch: int) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, queue, str(n), str(size), str(batch)],
-        stdout=subprocess.PIPE, text=True, timeout=3600,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=3600,
     )
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
@@ -109,8 +111,10 @@ def delete_queue(queue: str) -> None:
 
 def report(mode: str, n: int, size: int, r: dict[str, float]) -> None:
     rate = n / r["elapsed"]
-    print(f"{mode:8} {n:>10,} x {size:>6,} B  {rate:>9,.0f} msg/s  "
-          f"peak RSS {r['peak_mb']:>6.0f} MB  (after start-up {r['start_mb']:.0f} MB)")
+    print(
+        f"{mode:8} {n:>10,} x {size:>6,} B  {rate:>9,.0f} msg/s  "
+        f"peak RSS {r['peak_mb']:>6.0f} MB  (after start-up {r['start_mb']:.0f} MB)"
+    )
 
 
 def main() -> None:
@@ -129,14 +133,22 @@ def main() -> None:
     queue = f"txmsg-memory-{uuid.uuid4().hex[:8]}"
     try:
         if args.mode in ("publish", "both"):
-            report("publish", args.messages, args.size,
-                   run_child("publish", queue, args.messages, args.size, args.batch))
+            report(
+                "publish",
+                args.messages,
+                args.size,
+                run_child("publish", queue, args.messages, args.size, args.batch),
+            )
             delete_queue(queue)
         if args.mode in ("consume", "both"):
             print(f"filling {queue} with {args.messages:,} messages ...", file=sys.stderr)
             run_child("fill", queue, args.messages, args.size, args.batch)
-            report("consume", args.messages, args.size,
-                   run_child("consume", queue, args.messages, args.size, args.batch))
+            report(
+                "consume",
+                args.messages,
+                args.size,
+                run_child("consume", queue, args.messages, args.size, args.batch),
+            )
     finally:
         delete_queue(queue)
 

@@ -149,8 +149,7 @@ def child(client: str, scenario: str, queue: str, n: int, size: int) -> None:
         def done(elapsed: float) -> None:
             after = resource.getrusage(resource.RUSAGE_SELF)
             cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-            result.update(elapsed=elapsed, cpu=cpu,
-                          maxrss_mb=after.ru_maxrss / 1024)
+            result.update(elapsed=elapsed, cpu=cpu, maxrss_mb=after.ru_maxrss / 1024)
 
         return runner(r, scenario, queue, n, size).addCallback(done)
 
@@ -168,7 +167,9 @@ def measure(client: str, scenario: str, n: int, size: int) -> dict[str, float]:
     try:
         out = subprocess.run(
             [sys.executable, __file__, "--child", client, scenario, queue, str(n), str(size)],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
         if not lines or lines[-1] == "{}":
@@ -198,8 +199,10 @@ def main() -> None:
             for client in CLIENTS if rnd % 2 == 0 else reversed(CLIENTS):
                 r = measure(client, scenario, args.messages, args.size)
                 results.setdefault((client, scenario), []).append(r)
-                print(f"round {rnd + 1} {scenario:8} {client:13} {args.messages / r['elapsed']:>9,.0f} msg/s",
-                      file=sys.stderr)
+                print(
+                    f"round {rnd + 1} {scenario:8} {client:13} {args.messages / r['elapsed']:>9,.0f} msg/s",
+                    file=sys.stderr,
+                )
     print(f"\n{args.messages} messages of {args.size} bytes, median of {args.rounds} interleaved rounds")
     print(f"{'scenario':10}{'client':15}{'msg/s':>10}{'CPU us/msg':>12}{'max RSS MB':>12}")
     for scenario in scenarios:

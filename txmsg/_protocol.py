@@ -138,6 +138,13 @@ class AMQPProtocol(FrameReceiver):
     # transport events
 
     def connectionMade(self) -> None:
+        # small frames (an RPC request, an ack) go out at once: no Nagle delay
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:  # pragma: no cover - e.g. not a TCP socket
+                pass
         self.transport.registerProducer(self, True)
         self.transport.write(_codec.PROTOCOL_HEADER)
         timeout = self.params.connection_timeout

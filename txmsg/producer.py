@@ -22,7 +22,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -87,6 +87,11 @@ class Producer:
     @param window: the most messages that may await their confirm at once;
         further publishes wait for confirms (or for the write buffer to drain,
         or for the broker to unblock) before they are written.
+    @param confirm: L{False} for publishing without confirms (at most once):
+        a publish's Deferred fires as soon as the message is written to the
+        connection, so waiting for it is backpressure, not a guarantee; a
+        message written just before a connection is lost may be lost with it.
+        C{mandatory} is not available then.  L{confirmed} counts messages written.
     """
 
     _log = Logger()
@@ -96,12 +101,14 @@ class Producer:
         connection: Connection,
         *,
         window: int = DEFAULT_WINDOW,
+        confirm: bool = True,
         on_channel: Callable[[Channel], Deferred[Any] | None] | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
         self.connection = connection
         self.window = window
+        self.confirm = confirm
         #: called with each new publishing channel before anything is published
         #: on it (e.g. to consume replies on that channel); may return a Deferred
         self.on_channel = on_channel
@@ -118,6 +125,8 @@ class Producer:
         self._waiting: deque[_Pending] = deque()
         self._by_message_id: dict[str, _Pending] = {}
         self._watching = False
+        #: room() callers: (limit, Deferred), fired when fewer than limit are pending
+        self._room_waiters: list[tuple[int, Deferred[None]]] = []
         #: the frame_max of the last connection, for checking publishes made while down
         self._frame_max = 131072
         connection.add_stop_listener(self._stopped)
@@ -150,6 +159,8 @@ class Producer:
                 body, props = encode_message(payload, **properties)
         except (TypeError, ValueError) as e:
             return fail(e)
+        if mandatory and not self.confirm:
+            return fail(ValueError("mandatory needs a Producer with confirms (confirm=True)"))
         if mandatory and "message_id" not in props:
             # returns are matched to their publish by message id
             props["message_id"] = uuid.uuid4().hex
@@ -183,6 +194,37 @@ class Producer:
         How many published messages wait to be written (backpressure or outage).
         """
         return sum(1 for p in self._waiting if not p.deferred.called)
+
+    def room(self, limit: int | None = None) -> Deferred[None]:
+        """
+        A Deferred that fires once fewer than C{limit} (default: the window)
+        publishes are pending, written or waiting to be written, and not yet
+        settled: a loop that publishes a stream waits on it to keep its memory
+        bounded however fast it produces.
+
+            for item in stream:
+                await producer.room()
+                producer.publish("", "jobs", item)
+        """
+        limit = self.window if limit is None else limit
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        if self._pending() < limit:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._room_waiters.append((limit, d))
+        return d
+
+    def _pending(self) -> int:
+        return len(self._unconfirmed) + len(self._waiting)
+
+    def _wake_room_waiters(self) -> None:
+        pending = self._pending()
+        ready = [(limit, d) for limit, d in self._room_waiters if pending < limit]
+        if ready:
+            self._room_waiters = [w for w in self._room_waiters if pending >= w[0]]
+            for _, d in ready:
+                d.callback(None)
 
     # ------------------------------------------------------------------
 
@@ -220,6 +262,9 @@ class Producer:
             pending.props,
             pending.mandatory,
         )
+        if not self.confirm:
+            self._settle(pending, None)
+            return
         tag = self._next_tag
         self._next_tag = tag + 1
         self._unconfirmed[tag] = pending
@@ -259,7 +304,7 @@ class Producer:
             channel.on_confirm = self._confirmed
             channel.on_return = self._returned
             channel.when_closed(lambda reason: self._channel_closed(channel, reason))
-            d = channel.call("confirm.select")
+            d = channel.call("confirm.select") if self.confirm else succeed(None)
             if self.on_channel is not None:
                 hook = self.on_channel
                 d.addCallback(lambda _: hook(channel))
@@ -373,3 +418,5 @@ class Producer:
         else:
             self.failed += 1
             pending.deferred.errback(failure)
+        if self._room_waiters:
+            self._wake_room_waiters()

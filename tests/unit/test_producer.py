@@ -26,10 +26,11 @@ class Broker:
     publishes, and sends confirms, returns and channel errors.
     """
 
-    def __init__(self, window: int = 1000) -> None:
+    def __init__(self, window: int = 1000, confirm: bool = True) -> None:
         self.clock = Clock()
         self.conn, self.endpoint = make_connection(self.clock)
-        self.producer = Producer(self.conn, window=window)
+        self.confirm = confirm
+        self.producer = Producer(self.conn, window=window, confirm=confirm)
         self.conn.startService()
         self.connect()
 
@@ -48,7 +49,8 @@ class Broker:
 
     def open_channel(self, channel: int = 1) -> None:
         self.proto.dataReceived(method(channel, "channel.open-ok"))
-        self.proto.dataReceived(method(channel, "confirm.select-ok"))
+        if self.confirm:
+            self.proto.dataReceived(method(channel, "confirm.select-ok"))
         assert self.producer._channel is not None
         self.proto.transport.clear()
 
@@ -360,3 +362,53 @@ def test_unconfirmed_and_waiting_publishes_fail_when_the_connection_stops(how: s
 def test_window_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Producer(Connection("amqp://h/", reactor=Clock()), window=0)
+
+
+def test_without_confirms_a_publish_fires_once_written() -> None:
+    """
+    Producer(confirm=False) never asks for confirms; each publish fires when
+    it is written, and not before: while the write buffer is full it waits.
+    """
+    b = Broker(confirm=False)
+    assert "confirm.select" not in [name for name, _ in b.methods()]
+    first = b.producer.publish("", "q", "m0")
+    assert outcomes([first]) == [None]
+    b.protocol.pauseProducing()
+    ds = [b.producer.publish("", "q", f"m{i}") for i in range(1, 4)]
+    assert outcomes(ds) == ["pending"] * 3
+    b.protocol.resumeProducing()
+    assert outcomes(ds) == [None] * 3
+    assert [m[3] for m in b.published()] == [b"m0", b"m1", b"m2", b"m3"]
+    assert b.producer.unconfirmed == 0 and b.producer.confirmed == 4
+
+
+def test_without_confirms_mandatory_is_refused() -> None:
+    """
+    A return could not be matched to a publish that already fired: mandatory
+    needs confirms.
+    """
+    b = Broker(confirm=False)
+    [outcome] = outcomes([b.producer.publish("", "q", "m", mandatory=True)])
+    assert outcome is ValueError
+    assert b.published() == []
+
+
+def test_room_waits_until_fewer_than_limit_are_pending() -> None:
+    """
+    room(limit) fires at once while fewer than limit publishes are pending
+    (unconfirmed or waiting), else once confirms bring the count under it.
+    """
+    b = Broker(window=2)
+    assert outcomes([b.producer.room(3)]) == [None]
+    ds = [b.producer.publish("", "q", f"m{i}") for i in range(4)]  # 2 written, 2 waiting
+    room3, room1 = b.producer.room(3), b.producer.room(1)
+    assert outcomes([room3, room1]) == ["pending", "pending"]
+    b.ack(1)  # 3 pending: m1 unconfirmed, m2 written, m3 waiting
+    assert outcomes([room3, room1]) == ["pending", "pending"]
+    b.ack(2)  # 2 pending
+    assert outcomes([room3, room1]) == [None, "pending"]
+    b.ack(4, multiple=True)
+    assert outcomes([room1]) == [None]
+    assert outcomes(ds) == [None] * 4
+    with pytest.raises(ValueError):
+        b.producer.room(0)

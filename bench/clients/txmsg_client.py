@@ -1,0 +1,187 @@
+"""
+txmsg, as its users would write it: Producer (with or without confirms, paced
+by its own backpressure), Consumer, RpcClient/RpcServer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.common import PREFETCH, URL, body, cpu, depth_wait_twisted, run_twisted, scenario_table, sent_at
+
+
+async def publish(reactor: Any, p: dict[str, Any], confirm: bool) -> dict[str, Any]:
+    from twisted.internet.defer import DeferredList
+
+    from txmsg import Connection, Producer
+
+    conn = Connection(URL, reactor=reactor)
+    producer = Producer(conn, confirm=confirm)
+    await producer.publish("", p["queue"], b"warm-up")
+    n, size, queue = p["n"], p["size"], p["queue"]
+    data = b"x" * size
+    start, c0 = time.perf_counter(), cpu()
+    if confirm:
+        ds = []
+        for _ in range(n):
+            if producer.unconfirmed + producer.waiting >= producer.window:
+                await producer.room()
+            ds.append(producer.publish("", queue, data))
+        await DeferredList(ds, fireOnOneErrback=True)
+    else:
+        for _ in range(n):
+            d = producer.publish("", queue, data)
+            if not d.called:
+                await d
+    await depth_wait_twisted(reactor, queue, n + 1)
+    elapsed, spent = time.perf_counter() - start, cpu() - c0
+    await conn.stopService()
+    return {"cpu": spent, "elapsed": elapsed}
+
+
+async def consume(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
+    from twisted.internet.defer import Deferred
+
+    from txmsg import Connection, Consumer
+
+    conn = Connection(URL, reactor=reactor)
+    await conn.when_ready()
+    n = p["n"]
+    done: Deferred[None] = Deferred()
+    count = 0
+
+    def handle(message: Any) -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            done.callback(None)
+
+    start, c0 = time.perf_counter(), cpu()
+    consumer = Consumer(conn, p["queue"], handle, prefetch=PREFETCH)
+    consumer.startService()
+    await done
+    elapsed, spent = time.perf_counter() - start, cpu() - c0
+    await consumer.stopService()
+    await conn.stopService()
+    return {"cpu": spent, "elapsed": elapsed}
+
+
+async def rpc_server(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
+    from twisted.internet.defer import Deferred
+
+    from txmsg import Connection, Queue, RpcServer
+
+    conn = Connection(URL, reactor=reactor)
+    done: Deferred[None] = Deferred()
+    served = 0
+
+    def echo(message: Any) -> bytes:
+        nonlocal served
+        served += 1
+        if served == p["n"]:
+            reactor.callLater(0.2, done.callback, None)
+        return bytes(message.body)
+
+    server = RpcServer(conn, Queue(p["queue"]), echo, prefetch=PREFETCH)
+    server.startService()
+    await server.wait_ready()
+    print("READY", flush=True)
+    c0 = cpu()
+    await done
+    await server.stopService()
+    await conn.stopService()
+    return {"served": served, "cpu": cpu() - c0}
+
+
+async def rpc(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
+    from txmsg import Connection, RpcClient
+
+    conn = Connection(URL, reactor=reactor)
+    client = RpcClient(conn)
+    data = b"x" * p["size"]
+    await client.call(p["queue"], data, timeout=30)
+    start, c0 = time.perf_counter(), cpu()
+    for _ in range(p["n"] - 1):
+        await client.call(p["queue"], data, timeout=30)
+    elapsed, spent = time.perf_counter() - start, cpu() - c0
+    await conn.stopService()
+    return {"cpu": spent, "elapsed": elapsed, "count": p["n"] - 1}
+
+
+async def e2e_pub(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
+    from txmsg import Connection, Producer
+
+    conn = Connection(URL, reactor=reactor)
+    producer = Producer(conn, confirm=False)
+    await producer.publish("", p["queue"], body(p["size"]))
+    start, c0 = time.time(), cpu()
+    for _ in range(p["n"] - 1):
+        d = producer.publish("", p["queue"], body(p["size"]))
+        if not d.called:
+            await d
+    await conn.stopService()
+    return {"start": start, "cpu": cpu() - c0}
+
+
+async def e2e_sub(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
+    from twisted.internet.defer import Deferred
+
+    from txmsg import Connection, Consumer, Queue
+
+    conn = Connection(URL, reactor=reactor)
+    n = p["n"]
+    latencies: list[float] = []
+    done: Deferred[None] = Deferred()
+
+    def handle(message: Any) -> None:
+        latencies.append(time.time() - sent_at(message.body))
+        if len(latencies) == n:
+            done.callback(None)
+
+    consumer = Consumer(conn, Queue(p["queue"]), handle, prefetch=PREFETCH)
+    consumer.startService()
+    await consumer.wait_consuming()
+    print("READY", flush=True)
+    c0 = cpu()
+    await done
+    end, spent = time.time(), cpu() - c0
+    await consumer.stopService()
+    await conn.stopService()
+    return {"cpu": spent, "end": end, "latencies": latencies}
+
+
+async def large(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
+    from twisted.internet.defer import Deferred, DeferredList
+
+    from txmsg import Connection, Consumer, Producer
+
+    conn = Connection(URL, reactor=reactor)
+    producer = Producer(conn)
+    await producer.publish("", p["queue"], b"warm-up")
+    data = b"x" * p["size"]
+    start, c0 = time.perf_counter(), cpu()
+    await DeferredList([producer.publish("", p["queue"], data) for _ in range(p["n"])], fireOnOneErrback=True)
+    done: Deferred[None] = Deferred()
+    got = 0
+
+    def handle(message: Any) -> None:
+        nonlocal got
+        got += 1
+        if got == p["n"] + 1:
+            done.callback(None)
+
+    consumer = Consumer(conn, p["queue"], handle, prefetch=10)
+    consumer.startService()
+    await done
+    elapsed, spent = time.perf_counter() - start, cpu() - c0
+    await consumer.stopService()
+    await conn.stopService()
+    return {"cpu": spent, "elapsed": elapsed}
+
+
+SCENARIOS = scenario_table(publish, consume, rpc_server, rpc, e2e_pub, e2e_sub, large)
+
+
+def run(scenario: str, params: dict[str, Any]) -> dict[str, Any]:
+    return run_twisted(lambda reactor: SCENARIOS[scenario](reactor, params))  # type: ignore[no-any-return]

@@ -1,0 +1,145 @@
+"""
+What every benchmark client shares: the broker URL, message bodies that
+carry their send time, and broker set-up through pika's blocking connection
+(outside the timed part, the same for every client).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from typing import Any
+
+URL = os.environ.get("TXMSG_URL", "amqp://guest:guest@localhost:5672/%2F")
+#: consume: acknowledge every this many messages (multiple=True), for every client
+ACK_EVERY = 100
+PREFETCH = 1000
+_STAMP = struct.Struct("!d")
+
+
+def body(size: int) -> bytes:
+    """
+    A body of C{size} bytes (at least 8) that starts with the time it is made.
+    """
+    return _STAMP.pack(time.time()) + b"x" * max(0, size - _STAMP.size)
+
+
+def sent_at(data: bytes) -> float:
+    return float(_STAMP.unpack_from(data)[0])
+
+
+def _blocking() -> Any:
+    import pika
+
+    return pika.BlockingConnection(pika.URLParameters(URL))
+
+
+def declare(queue: str) -> None:
+    conn = _blocking()
+    conn.channel().queue_declare(queue)
+    conn.close()
+
+
+def fill(queue: str, n: int, size: int) -> None:
+    conn = _blocking()
+    ch = conn.channel()
+    ch.queue_declare(queue)
+    data = b"x" * size
+    for _ in range(n):
+        ch.basic_publish("", queue, data)
+    while ch.queue_declare(queue, passive=True).method.message_count < n:
+        time.sleep(0.01)
+    conn.close()
+
+
+def depth(queue: str) -> int:
+    conn = _blocking()
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+    finally:
+        conn.close()
+
+
+def delete(queue: str) -> None:
+    conn = _blocking()
+    conn.channel().queue_delete(queue)
+    conn.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_twisted(main: Any) -> Any:
+    """
+    Run C{main(reactor)} (a coroutine function) on the global reactor to its
+    end and return its result (or raise its exception).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred
+    from twisted.python.failure import Failure
+
+    outcome: list[Any] = []
+
+    def start() -> None:
+        d = ensureDeferred(main(reactor))
+        d.addBoth(outcome.append)
+        d.addBoth(lambda _: reactor.stop())  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
+
+
+async def depth_wait_twisted(reactor: Any, queue: str, n: int) -> None:
+    """
+    Wait (without blocking the reactor, which may still be writing) until the
+    broker holds C{n} messages in C{queue}.
+    """
+    from twisted.internet.task import deferLater
+    from twisted.internet.threads import deferToThread
+
+    while await deferToThread(depth, queue) < n:
+        await deferLater(reactor, 0.005, lambda: None)
+
+
+async def depth_wait_asyncio(queue: str, n: int) -> None:
+    import asyncio
+
+    while await asyncio.to_thread(depth, queue) < n:
+        await asyncio.sleep(0.005)
+
+
+def cpu() -> float:
+    """
+    CPU seconds this process has used (user + system).
+    """
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def scenario_table(
+    publish: Any, consume: Any, rpc_server: Any, rpc: Any, e2e_pub: Any, e2e_sub: Any, large: Any
+) -> dict[str, Any]:
+    """
+    A client's functions by scenario name (the Twisted clients' take the
+    reactor first, the others only the parameters).
+    """
+    return {
+        "publish": lambda *args: publish(*args, confirm=False),
+        "confirm": lambda *args: publish(*args, confirm=True),
+        "consume": consume,
+        "rpc-server": rpc_server,
+        "rpc": rpc,
+        "e2e-pub": e2e_pub,
+        "e2e-sub": e2e_sub,
+        "large": large,
+    }

@@ -1,0 +1,60 @@
+"""
+The benchmark runs end to end (correctness only: tiny counts, no timing
+assertions): every scenario yields a figure for txmsg and a peer.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import BROKER_URL
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_benchmark_measures_every_scenario(tmp_path: Path) -> None:
+    """
+    bench.run --quick with txmsg and pika's blocking connection: exit 0, a row
+    per (scenario, client) in the table and in the JSON, latencies for e2e,
+    and no queue left behind.
+    """
+    from bench.run import SCENARIOS
+
+    figures = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--quick",
+            "--clients",
+            "txmsg,pika-blocking",
+            "--json",
+            str(figures),
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, TXMSG_URL=BROKER_URL),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line[:1].isalpha()]
+    for scenario in SCENARIOS:
+        for client in ("txmsg", "pika-blocking"):
+            assert any(r[:2] == [scenario, client] for r in rows), (scenario, client, done.stdout)
+    import json
+
+    runs = json.loads(figures.read_text())
+    assert all(run["rate"] > 0 for entry in runs.values() for run in entry)
+    assert runs["txmsg e2e"][0]["p50_ms"] is not None
+    from .conftest import rabbitmqctl
+
+    assert "txmsg-bench-" not in rabbitmqctl("list_queues", "name", "--no-table-headers", "-q")
