@@ -134,6 +134,7 @@ def test_wheel_has_no_twisted_package_markers(installed_wheel: InstalledWheel) -
     names = set(zipfile.ZipFile(installed_wheel.wheel).namelist())
     assert "twisted/plugins/txmsg_plugin.py" in names
     assert f"txmsg/{SPEC_NAME}" in names
+    assert "txmsg/testing/__init__.py" in names  # the in-memory broker for users' tests
     assert "twisted/__init__.py" not in names
     assert "twisted/plugins/__init__.py" not in names
 
