@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from txmsg import Connection
 from txmsg.testing import MemoryBroker
 
-from ..integration.conftest import BROKER_URL, eventually
+from ..integration.conftest import BROKER_URL, eventually, sleep
 
 
 class Env:
@@ -67,6 +67,15 @@ class Env:
             assert check()
         else:
             await eventually(check)
+
+    async def sleep(self, seconds: float) -> None:
+        """
+        Let C{seconds} pass: the memory broker's clock, or real time.
+        """
+        if self.memory is not None:
+            self.memory.flush(advance=seconds)
+        else:
+            await sleep(seconds)
 
     async def depth(self, conn: Connection, queue: str) -> int:
         """

@@ -220,3 +220,190 @@ async def test_deleted_queue_cancels_its_consumer(broker: Env) -> None:
     await broker.wait(channel.call("queue.delete", queue=q))
     await broker.until(lambda: cancelled == ["cancelled"])
     await broker.wait(consumer.stopService())
+
+
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ({"a": 1}, [False, True]),
+        ({"a": 1, "b": 2}, [True, True]),
+        ({"a": 2, "c": 3}, [False, False]),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_headers_exchange_matches_all_or_any(
+    broker: Env, headers: dict[str, Any], expected: list[bool]
+) -> None:
+    """
+    A headers exchange: an x-match all binding needs every pair, an any
+    binding one of them.
+    """
+    conn = await broker.connect()
+    exchange = Exchange(broker.name("headers"), "headers")
+    all_q, any_q = Queue(broker.name("all")), Queue(broker.name("any"))
+    await broker.wait(
+        conn.declare(
+            exchange,
+            all_q,
+            any_q,
+            Binding(all_q, exchange, "", {"x-match": "all", "a": 1, "b": 2}),
+            Binding(any_q, exchange, "", {"x-match": "any", "a": 1, "b": 2}),
+        )
+    )
+    await broker.wait(Producer(conn).publish(exchange.name, "", "x", headers=headers))
+    assert [await broker.depth(conn, q.name) == 1 for q in (all_q, any_q)] == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_exchange_to_exchange_binding(broker: Env) -> None:
+    """
+    A message reaches a queue through an exchange bound to another exchange.
+    """
+    from txmsg import ExchangeBinding
+
+    conn = await broker.connect()
+    source = Exchange(broker.name("source"), "topic")
+    destination = Exchange(broker.name("destination"), "direct")
+    q = Queue(broker.name("e2e"))
+    await broker.wait(
+        conn.declare(
+            source,
+            destination,
+            q,
+            ExchangeBinding(destination, source, "logs.#"),
+            Binding(q, destination, "logs.kern"),
+        )
+    )
+    producer = Producer(conn)
+    await broker.wait(producer.publish(source.name, "logs.kern", "routed"))
+    await broker.wait(producer.publish(source.name, "logs.mail", "not for q"))
+    assert await broker.depth(conn, q.name) == 1
+
+
+async def _dead_letter_pair(broker: Env, conn: Any, **arguments: Any) -> tuple[Queue, Queue]:
+    dlx = Exchange(broker.name("dlx"), "fanout")
+    dlq = Queue(broker.name("dlq"))
+    q = Queue(broker.name("dead"), arguments={"x-dead-letter-exchange": dlx.name, **arguments})
+    await broker.wait(conn.declare(dlx, dlq, Binding(dlq, dlx, ""), q))
+    return q, dlq
+
+
+async def _take_one(broker: Env, conn: Any, queue: str) -> Message:
+    got: list[Message] = []
+    consumer = Consumer(conn, queue, got.append)
+    consumer.startService()
+    await broker.until(lambda: len(got) == 1)
+    await broker.wait(consumer.stopService())
+    return got[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_rejected_message_is_dead_lettered_with_x_death(broker: Env) -> None:
+    """
+    A message rejected without requeue goes to the queue's dead-letter
+    exchange, with an x-death entry: count 1, reason rejected, the queue, the
+    original exchange and routing keys.
+    """
+    from txmsg import Reject
+
+    conn = await broker.connect()
+    q, dlq = await _dead_letter_pair(broker, conn)
+    await broker.wait(Producer(conn).publish("", q.name, "poison", headers={"tenant": "acme"}))
+
+    def refuse(m: Message) -> None:
+        raise Reject()
+
+    consumer = Consumer(conn, q, refuse)
+    consumer.startService()
+    await broker.until(lambda: consumer.rejected == 1)
+    await broker.wait(consumer.stopService())
+    dead = await _take_one(broker, conn, dlq.name)
+    assert dead.body == b"poison"
+    headers = dead.headers or {}
+    [death] = headers["x-death"]
+    assert (death["count"], death["reason"], death["queue"]) == (1, "rejected", q.name)
+    assert (death["exchange"], death["routing-keys"]) == ("", [q.name])
+    assert headers["x-first-death-reason"] == "rejected" and headers["tenant"] == "acme"
+
+
+@pytest.mark.parametrize("how", ["queue x-message-ttl", "message expiration"])
+@pytest_twisted.ensureDeferred
+async def test_expired_message_is_dead_lettered(broker: Env, how: str) -> None:
+    """
+    A message left in a queue past its TTL (the queue's x-message-ttl, or its
+    own expiration) is dead-lettered with reason expired.
+    """
+    conn = await broker.connect()
+    if how == "queue x-message-ttl":
+        q, dlq = await _dead_letter_pair(broker, conn, **{"x-message-ttl": 100})
+        await broker.wait(Producer(conn).publish("", q.name, "stale"))
+    else:
+        q, dlq = await _dead_letter_pair(broker, conn)
+        await broker.wait(Producer(conn).publish("", q.name, "stale", expiration=100))
+    await broker.sleep(0.5)
+    assert await broker.depth(conn, q.name) == 0
+    dead = await _take_one(broker, conn, dlq.name)
+    assert dead.body == b"stale"
+    assert (dead.headers or {})["x-death"][0]["reason"] == "expired"
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_length_drops_the_oldest_to_the_dead_letter_exchange(broker: Env) -> None:
+    """
+    x-max-length 2 (overflow drop-head): a third message pushes the oldest out,
+    dead-lettered with reason maxlen.
+    """
+    conn = await broker.connect()
+    q, dlq = await _dead_letter_pair(broker, conn, **{"x-max-length": 2})
+    producer = Producer(conn)
+    for i in range(3):
+        await broker.wait(producer.publish("", q.name, f"m{i}"))
+    assert await broker.depth(conn, q.name) == 2
+    dead = await _take_one(broker, conn, dlq.name)
+    assert dead.body == b"m0"
+    assert (dead.headers or {})["x-death"][0]["reason"] == "maxlen"
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_length_reject_publish_nacks_the_publish(broker: Env) -> None:
+    """
+    x-max-length 1 with x-overflow reject-publish: the second confirmed publish
+    is nacked and the queue keeps the first.
+    """
+    from txmsg.producer import Nacked
+
+    conn = await broker.connect()
+    q = Queue(broker.name("full"), arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    await broker.wait(conn.declare(q))
+    producer = Producer(conn)
+    await broker.wait(producer.publish("", q.name, "first"))
+    with pytest.raises(Nacked):
+        await broker.wait(producer.publish("", q.name, "second"))
+    assert await broker.depth(conn, q.name) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_rpc_over_direct_reply_to(broker: Env) -> None:
+    """
+    Direct reply-to: a request published with reply_to amq.rabbitmq.reply-to
+    gets its reply on the requesting channel, no reply queue declared; the
+    server sees a reply_to naming that channel.
+    """
+    from txmsg import RpcClient, RpcServer
+
+    server_conn = await broker.connect()
+    client_conn = await broker.connect()
+    name = broker.name("rpc")
+    seen: list[str] = []
+
+    def answer(m: Message) -> Any:
+        seen.append(m.reply_to or "")
+        return m.payload * 2
+
+    server = RpcServer(server_conn, Queue(name), answer)
+    server.startService()
+    await broker.wait(server.wait_ready())
+    client = RpcClient(client_conn)
+    assert await broker.wait(client.call(name, 21)) == 42
+    assert seen[0].startswith("amq.rabbitmq.reply-to.")
+    await broker.wait(server.stopService())

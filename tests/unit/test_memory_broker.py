@@ -139,14 +139,63 @@ def test_a_refusing_broker_keeps_connections_out_until_it_accepts() -> None:
 
 def test_what_it_does_not_implement_fails_loudly() -> None:
     """
-    A headers exchange (not implemented yet) closes the connection with 540
-    NOT_IMPLEMENTED instead of behaving wrongly in silence.
+    A method it does not implement (AMQP transactions) closes the connection
+    with 540 NOT_IMPLEMENTED instead of behaving wrongly in silence.
     """
-    from txmsg import Exchange
-
     broker = MemoryBroker()
     conn = broker.connection()
     failures: list[Any] = []
-    conn.declare(Exchange("h", "headers")).addErrback(failures.append)
+    channel = conn.channel()
+    broker.flush()
+    channel.result.call("tx.select").addErrback(failures.append)
     broker.flush()
     assert failures and "NOT_IMPLEMENTED" in str(failures[0].value)
+
+
+def test_blocked_publishers_wait_until_unblocked() -> None:
+    """
+    block(): connection.blocked reaches the producer, whose publishes wait
+    unwritten; unblock() lets them go and they are confirmed.
+    """
+    broker = MemoryBroker()
+    conn = broker.connection()
+    conn.declare(Queue("q"))
+    producer = Producer(conn)
+    broker.block()
+    d = producer.publish("", "q", "held")
+    broker.flush()
+    assert producer.waiting == 1 and broker.depth("q") == 0 and not d.called
+    broker.unblock()
+    assert d.called and broker.depth("q") == 1
+
+
+def test_redeliver_gives_unacked_messages_again_flagged() -> None:
+    """
+    redeliver(): a message whose handler has not finished is delivered again,
+    redelivered set, as after a lost ack.
+    """
+    from twisted.internet.defer import Deferred
+
+    broker = MemoryBroker()
+    conn = broker.connection()
+    seen: list[bool] = []
+    Consumer(conn, Queue("jobs"), lambda m: seen.append(m.redelivered) or Deferred()).startService()
+    Producer(conn).publish("", "jobs", "job")
+    broker.flush()
+    broker.redeliver()
+    assert seen == [False, True]
+
+
+def test_rpc_over_direct_reply_to() -> None:
+    """
+    RpcClient's default, direct reply-to (amq.rabbitmq.reply-to), works on the
+    memory broker as on RabbitMQ.
+    """
+    broker = MemoryBroker()
+    RpcServer(broker.connection(), "echo", lambda m: m.payload).startService()
+    client = RpcClient(broker.connection())
+    broker.flush()
+    answers: list[Any] = []
+    client.call("echo", {"hi": 1}).addBoth(answers.append)
+    broker.flush()
+    assert answers == [{"hi": 1}]

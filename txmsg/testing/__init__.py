@@ -76,7 +76,7 @@ class MemoryBroker:
 
     def __init__(self, clock: Clock | None = None, vhost: str = "/") -> None:
         self.clock = clock if clock is not None else Clock()
-        self.state = MemoryBrokerState(vhost)
+        self.state = MemoryBrokerState(self.clock, vhost)
         self.refusing = False
         self._links: list[tuple[Connection, AMQPServer, IOPump]] = []
 
@@ -129,6 +129,35 @@ class MemoryBroker:
         return name in self.state.queues
 
     # --- faults for users' tests ------------------------------------------------
+
+    def block(self, reason: str = "low on memory") -> None:
+        """
+        Raise a resource alarm: every connection is told C{connection.blocked}
+        (txmsg's producers then hold their publishes) until L{unblock}.
+        """
+        for _, server, _ in self._links:
+            server.send(0, "connection.blocked", reason=reason)
+        self.flush()
+
+    def unblock(self) -> None:
+        """
+        Clear the alarm: C{connection.unblocked} to every connection.
+        """
+        for _, server, _ in self._links:
+            server.send(0, "connection.unblocked")
+        self.flush()
+
+    def redeliver(self) -> None:
+        """
+        Put every delivered, unacked message back in its queue, flagged
+        redelivered (as after a consumer's channel failed): consumers get them
+        again.
+        """
+        for _, server, _ in self._links:
+            for channel in list(server.channels.values()):
+                if channel.unacked:
+                    channel.settle(0, True, True)
+        self.flush()
 
     def drop(self, connection: Connection | None = None) -> None:
         """

@@ -6,12 +6,13 @@ It knows nothing of frames; L{txmsg.testing._server} speaks AMQP for it.
 
 from __future__ import annotations
 
+import datetime as _dt
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-EXCHANGE_TYPES = ("direct", "fanout", "topic")
+EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 
 
 class Refusal(Exception):
@@ -61,6 +62,8 @@ class Stored:
     body: bytes
     queue: str = ""
     redelivered: bool = False
+    #: clock time after which it expires (queue TTL or per-message expiration)
+    expires_at: float | None = None
 
 
 @dataclass
@@ -77,8 +80,11 @@ class Queue:
 
 @dataclass
 class Binding:
-    queue: str
+    destination: str
     key: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    #: the destination is an exchange (exchange.bind), not a queue
+    to_exchange: bool = False
 
 
 @dataclass
@@ -121,6 +127,24 @@ def topic_matches(pattern: str, key: str) -> bool:
     return match(pattern.split("."), key.split("."))
 
 
+def headers_match(arguments: dict[str, Any], headers: dict[str, Any]) -> bool:
+    """
+    Whether a headers-exchange binding's C{arguments} (C{x-match} all or any,
+    and the pairs to look for; a void value only asks for the key) match a
+    message's C{headers}.
+    """
+    pairs = {k: v for k, v in arguments.items() if not k.startswith("x-")}
+    if not pairs:
+        return True
+
+    def matches(key: str, value: Any) -> bool:
+        return key in headers and (value is None or headers[key] == value)
+
+    if arguments.get("x-match", "all") == "any":
+        return any(matches(k, v) for k, v in pairs.items())
+    return all(matches(k, v) for k, v in pairs.items())
+
+
 def _flag(value: Any) -> str:
     return "true" if value else "false"
 
@@ -130,15 +154,20 @@ class MemoryBrokerState:
     One virtual host's exchanges and queues.
     """
 
-    def __init__(self, vhost: str = "/") -> None:
+    def __init__(self, clock: Any, vhost: str = "/") -> None:
+        self.clock = clock
         self.vhost = vhost
         self.exchanges: dict[str, Exchange] = {
             "": Exchange("", "direct", True),
             "amq.direct": Exchange("amq.direct", "direct", True),
             "amq.fanout": Exchange("amq.fanout", "fanout", True),
             "amq.topic": Exchange("amq.topic", "topic", True),
+            "amq.headers": Exchange("amq.headers", "headers", True),
+            "amq.match": Exchange("amq.match", "headers", True),
         }
         self.queues: dict[str, Queue] = {}
+        #: direct reply-to: token -> the channel consuming its replies
+        self.reply_channels: dict[str, Any] = {}
         self._names = itertools.count(1)
 
     # --- exchanges ----------------------------------------------------------
@@ -154,10 +183,6 @@ class MemoryBrokerState:
         if name.startswith("amq.") and existing is None:
             raise ChannelError(
                 403, f"ACCESS_REFUSED - exchange name '{name}' contains reserved prefix 'amq.*'"
-            )
-        if type_ == "headers":
-            raise ConnectionError(
-                540, "NOT_IMPLEMENTED - headers exchanges are not implemented by txmsg.testing"
             )
         if type_ not in EXCHANGE_TYPES:
             raise ConnectionError(503, f"COMMAND_INVALID - invalid exchange type '{type_}'")
@@ -180,6 +205,10 @@ class MemoryBrokerState:
     def delete_exchange(self, name: str) -> None:
         if name in self.exchanges and name != "" and not name.startswith("amq."):
             del self.exchanges[name]
+            for exchange in self.exchanges.values():
+                exchange.bindings = [
+                    b for b in exchange.bindings if not (b.to_exchange and b.destination == name)
+                ]
 
     def exchange(self, name: str) -> Exchange:
         found = self.exchanges.get(name)
@@ -262,24 +291,45 @@ class MemoryBrokerState:
         self._check_exclusive(queue, connection_id)
         del self.queues[name]
         for exchange in self.exchanges.values():
-            exchange.bindings = [b for b in exchange.bindings if b.queue != name]
+            exchange.bindings = [b for b in exchange.bindings if b.to_exchange or b.destination != name]
         for consumer in list(queue.consumers):
             queue.consumers.remove(consumer)
             consumer.owner.cancelled(consumer)
         return len(queue.messages)
 
-    def bind(self, queue: str, exchange: str, key: str, connection_id: int) -> None:
+    def bind(
+        self, queue: str, exchange: str, key: str, arguments: dict[str, Any], connection_id: int
+    ) -> None:
         self.queue(queue, connection_id)
         target = self.exchange(exchange)
         if exchange == "":
             raise ChannelError(403, "ACCESS_REFUSED - operation not permitted on the default exchange")
-        if not any(b.queue == queue and b.key == key for b in target.bindings):
-            target.bindings.append(Binding(queue, key))
+        self._add_binding(target, Binding(queue, key, dict(arguments)))
 
-    def unbind(self, queue: str, exchange: str, key: str, connection_id: int) -> None:
+    def unbind(
+        self, queue: str, exchange: str, key: str, arguments: dict[str, Any], connection_id: int
+    ) -> None:
         self.queue(queue, connection_id)
         target = self.exchange(exchange)
-        target.bindings = [b for b in target.bindings if not (b.queue == queue and b.key == key)]
+        gone = Binding(queue, key, dict(arguments))
+        target.bindings = [b for b in target.bindings if b != gone]
+
+    def bind_exchange(self, destination: str, source: str, key: str, arguments: dict[str, Any]) -> None:
+        self.exchange(destination)
+        target = self.exchange(source)
+        if "" in (source, destination):
+            raise ChannelError(403, "ACCESS_REFUSED - operation not permitted on the default exchange")
+        self._add_binding(target, Binding(destination, key, dict(arguments), to_exchange=True))
+
+    def unbind_exchange(self, destination: str, source: str, key: str, arguments: dict[str, Any]) -> None:
+        target = self.exchange(source)
+        gone = Binding(destination, key, dict(arguments), to_exchange=True)
+        target.bindings = [b for b in target.bindings if b != gone]
+
+    @staticmethod
+    def _add_binding(exchange: Exchange, binding: Binding) -> None:
+        if binding not in exchange.bindings:
+            exchange.bindings.append(binding)
 
     def connection_closed(self, connection_id: int) -> None:
         """
@@ -290,31 +340,132 @@ class MemoryBrokerState:
 
     # --- routing and delivery -----------------------------------------------
 
-    def route(self, exchange_name: str, key: str) -> list[Queue]:
+    def route(self, exchange_name: str, key: str, headers: dict[str, Any] | None = None) -> list[Queue]:
+        """
+        The queues a message published to C{exchange_name} with C{key} reaches,
+        through exchange-to-exchange bindings too, each once.
+        """
         exchange = self.exchange(exchange_name)
         if exchange.name == "":
             queue = self.queues.get(key)
             return [queue] if queue is not None else []
-        names: list[str] = []
-        for binding in exchange.bindings:
-            if exchange.type == "fanout" or (
-                binding.key == key if exchange.type == "direct" else topic_matches(binding.key, key)
-            ):
-                if binding.queue not in names:
-                    names.append(binding.queue)
-        return [self.queues[n] for n in names if n in self.queues]
+        found: list[str] = []
+        seen: set[str] = set()
+        pending = [exchange]
+        while pending:
+            current = pending.pop(0)
+            if current.name in seen:
+                continue
+            seen.add(current.name)
+            for binding in current.bindings:
+                if not self._binding_matches(current, binding, key, headers or {}):
+                    continue
+                if binding.to_exchange:
+                    nxt = self.exchanges.get(binding.destination)
+                    if nxt is not None:
+                        pending.append(nxt)
+                elif binding.destination not in found:
+                    found.append(binding.destination)
+        return [self.queues[n] for n in found if n in self.queues]
 
-    def enqueue(self, queue: Queue, message: Stored, front: bool = False) -> None:
-        if front:
-            queue.messages.appendleft(message)
-        else:
-            queue.messages.append(message)
+    @staticmethod
+    def _binding_matches(exchange: Exchange, binding: Binding, key: str, headers: dict[str, Any]) -> bool:
+        if exchange.type == "fanout":
+            return True
+        if exchange.type == "direct":
+            return binding.key == key
+        if exchange.type == "topic":
+            return topic_matches(binding.key, key)
+        return headers_match(binding.arguments, headers)
+
+    # --- what happens to messages in a queue ------------------------------------
+
+    def accept(self, queue: Queue, message: Stored) -> bool:
+        """
+        Put a newly routed message in C{queue}, applying its TTL and length
+        limit; False if the queue refused it (x-overflow reject-publish).
+        """
+        limit = queue.arguments.get("x-max-length")
+        overflow = queue.arguments.get("x-overflow", "drop-head")
+        if limit is not None and len(queue.messages) >= limit:
+            if overflow in ("reject-publish", "reject-publish-dlx"):
+                if overflow == "reject-publish-dlx":
+                    self.dead_letter(queue, message, "maxlen")
+                return False
+        ttls = [queue.arguments.get("x-message-ttl")]
+        expiration = message.properties.get("expiration")
+        if expiration is not None:
+            try:
+                ttls.append(int(expiration))
+            except ValueError:
+                raise ChannelError(406, f"PRECONDITION_FAILED - invalid expiration '{expiration}'") from None
+        given = [t for t in ttls if t is not None]
+        if given:
+            ttl = min(given) / 1000
+            message.expires_at = self.clock.seconds() + ttl
+            self.clock.callLater(ttl, self.expire, queue)
+        queue.messages.append(message)
+        if limit is not None:
+            while len(queue.messages) > limit:
+                self.dead_letter(queue, queue.messages.popleft(), "maxlen")
         self.dispatch(queue)
+        return True
+
+    def expire(self, queue: Queue) -> None:
+        """
+        Dead-letter (or drop) the expired messages at the head of C{queue}, as
+        RabbitMQ does: only at the head, in order.
+        """
+        now = self.clock.seconds()
+        messages = queue.messages
+        while messages and messages[0].expires_at is not None and messages[0].expires_at <= now:
+            self.dead_letter(queue, messages.popleft(), "expired")
+
+    def dead_letter(self, queue: Queue, message: Stored, reason: str) -> None:
+        """
+        Republish C{message} to C{queue}'s dead-letter exchange (if it has one)
+        with an C{x-death} entry, as RabbitMQ does; else drop it.
+        """
+        dlx = queue.arguments.get("x-dead-letter-exchange")
+        if dlx is None or dlx not in self.exchanges:
+            return
+        key = queue.arguments.get("x-dead-letter-routing-key") or message.routing_key
+        props = dict(message.properties)
+        headers = dict(props.get("headers") or {})
+        deaths = list(headers.get("x-death") or [])
+        entry: dict[str, Any] | None = None
+        for old in deaths:
+            if old.get("queue") == queue.name and old.get("reason") == reason:
+                entry = old
+                deaths.remove(old)
+                break
+        if entry is None:
+            entry = {
+                "count": 0,
+                "reason": reason,
+                "queue": queue.name,
+                "time": _dt.datetime.fromtimestamp(int(self.clock.seconds()), _dt.timezone.utc),
+                "exchange": message.exchange,
+                "routing-keys": [message.routing_key],
+            }
+        entry = dict(entry, count=int(entry["count"]) + 1)
+        if reason == "expired" and "expiration" in props:
+            entry["original-expiration"] = props.pop("expiration")
+        deaths.insert(0, entry)
+        headers["x-death"] = deaths
+        if "x-first-death-reason" not in headers:
+            headers["x-first-death-reason"] = reason
+            headers["x-first-death-queue"] = queue.name
+            headers["x-first-death-exchange"] = message.exchange
+        props["headers"] = headers
+        for target in self.route(dlx, key, headers):
+            self.accept(target, Stored(dlx, key, dict(props), message.body, target.name))
 
     def dispatch(self, queue: Queue) -> None:
         """
         Hand queued messages to consumers with room, round-robin.
         """
+        self.expire(queue)
         while queue.messages and queue.consumers:
             for _ in range(len(queue.consumers)):
                 consumer = queue.consumers[0]

@@ -15,11 +15,12 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from txmsg import _codec
-from txmsg.testing._broker import ChannelError, ConnectionError, Consumer, MemoryBrokerState, Stored
+from txmsg.testing._broker import ChannelError, ConnectionError, Consumer, MemoryBrokerState, Queue, Stored
 
 _FRAME_HEAD = struct.Struct("!BHI")
 _HH = struct.Struct("!HH")
 FRAME_MAX = 131072
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 _ids = itertools.count(1)
 
 
@@ -36,6 +37,9 @@ class _Channel:
         self.unacked: OrderedDict[int, tuple[Consumer | None, Stored]] = OrderedDict()
         self.consumers: dict[str, Consumer] = {}
         self.closing = False
+        #: direct reply-to: this channel's consumer of its replies and its token
+        self.reply_consumer: Consumer | None = None
+        self.reply_token: str | None = None
         #: a publish being assembled: (method args, properties, expected size, chunks)
         self.incoming: list[Any] | None = None
 
@@ -80,9 +84,18 @@ class _Channel:
                 consumer.unacked -= 1
         return taken
 
-    def settle(self, tag: int, multiple: bool, requeue: bool) -> None:
+    def settle(self, tag: int, multiple: bool, requeue: bool, dead: bool = False) -> None:
+        """
+        Ack (neither flag), requeue, or reject without requeue (C{dead}: the
+        queue's dead-letter exchange gets them, reason "rejected").
+        """
         taken = self._take(tag, multiple)
         state = self.server.state
+        if dead and not requeue:
+            for _, message in taken:
+                queue = state.queues.get(message.queue)
+                if queue is not None:
+                    state.dead_letter(queue, message, "rejected")
         if requeue:
             for _, message in reversed(taken):
                 queue = state.queues.get(message.queue)
@@ -102,6 +115,9 @@ class _Channel:
         for consumer in list(self.consumers.values()):
             self.server.state.cancel(consumer)
         self.consumers.clear()
+        if self.reply_token is not None:
+            self.server.state.reply_channels.pop(self.reply_token, None)
+            self.reply_token = self.reply_consumer = None
         if self.unacked:
             self.settle(0, True, True)
 
@@ -311,12 +327,19 @@ class AMQPServer(Protocol):
                     consumer_count=len(queue.consumers),
                 )
         elif name == "queue.bind":
-            state.bind(args["queue"], args["exchange"], args["routing_key"], cid)
+            state.bind(args["queue"], args["exchange"], args["routing_key"], args.get("arguments") or {}, cid)
             if not args["no_wait"]:
                 self.send(n, "queue.bind-ok")
         elif name == "queue.unbind":
-            state.unbind(args["queue"], args["exchange"], args["routing_key"], cid)
+            state.unbind(
+                args["queue"], args["exchange"], args["routing_key"], args.get("arguments") or {}, cid
+            )
             self.send(n, "queue.unbind-ok")
+        elif name in ("exchange.bind", "exchange.unbind"):
+            how = state.bind_exchange if name == "exchange.bind" else state.unbind_exchange
+            how(args["destination"], args["source"], args["routing_key"], args.get("arguments") or {})
+            if not args["no_wait"]:
+                self.send(n, name + "-ok")
         elif name == "queue.delete":
             count = state.delete_queue(args["queue"], cid)
             if not args["no_wait"]:
@@ -330,6 +353,8 @@ class AMQPServer(Protocol):
         elif name == "basic.publish":
             state.exchange(args["exchange"])  # 404 before the content, as RabbitMQ does
             channel.incoming = [args, None, 0, []]
+        elif name == "basic.consume" and args["queue"] == DIRECT_REPLY_TO:
+            self._consume_replies(channel, args)
         elif name == "basic.consume":
             queue = state.queue(args["queue"], cid)
             tag = args["consumer_tag"] or f"amq.ctag-{next(_ids)}"
@@ -368,20 +393,46 @@ class AMQPServer(Protocol):
         elif name == "basic.ack":
             channel.settle(args["delivery_tag"], args["multiple"], False)
         elif name == "basic.nack":
-            channel.settle(args["delivery_tag"], args["multiple"], args["requeue"])
+            channel.settle(args["delivery_tag"], args["multiple"], args["requeue"], dead=True)
         elif name == "basic.reject":
-            channel.settle(args["delivery_tag"], False, args["requeue"])
+            channel.settle(args["delivery_tag"], False, args["requeue"], dead=True)
         elif name == "basic.recover":
             channel.settle(0, True, True)
             self.send(n, "basic.recover-ok")
         else:
             raise ConnectionError(540, f"NOT_IMPLEMENTED - {name} is not implemented by txmsg.testing")
 
+    def _consume_replies(self, channel: _Channel, args: dict[str, Any]) -> None:
+        """
+        Direct reply-to: the channel consumes its own pseudo-queue, without acks.
+        """
+        if not args["no_ack"]:
+            raise ChannelError(406, "PRECONDITION_FAILED - reply consumer cannot acknowledge")
+        tag = args["consumer_tag"] or f"amq.ctag-{next(_ids)}"
+        pseudo = Queue(DIRECT_REPLY_TO, False, self.connection_id, True, {})
+        channel.reply_consumer = Consumer(tag, pseudo, channel, True, 0)
+        channel.reply_token = f"{self.connection_id}.{channel.number}.{next(_ids)}"
+        self.state.reply_channels[channel.reply_token] = channel
+        if not args["no_wait"]:
+            self.send(channel.number, "basic.consume-ok", consumer_tag=tag)
+
     def _publish(self, channel: _Channel, args: dict[str, Any], props: dict[str, Any], body: bytes) -> None:
         state = self.state
         if channel.confirming:
             channel.published += 1
-        queues = state.route(args["exchange"], args["routing_key"])
+        if props.get("reply_to") == DIRECT_REPLY_TO:
+            if channel.reply_token is None:
+                raise ChannelError(406, "PRECONDITION_FAILED - fast reply consumer does not exist")
+            props = dict(props, reply_to=f"{DIRECT_REPLY_TO}.{channel.reply_token}")
+        key = args["routing_key"]
+        if args["exchange"] == "" and key.startswith(DIRECT_REPLY_TO + "."):
+            target = state.reply_channels.get(key[len(DIRECT_REPLY_TO) + 1 :])
+            if target is not None and target.reply_consumer is not None:
+                target.deliver(target.reply_consumer, Stored("", key, dict(props), body))
+                if channel.confirming:
+                    self.send(channel.number, "basic.ack", delivery_tag=channel.published, multiple=False)
+                return
+        queues = state.route(args["exchange"], args["routing_key"], props.get("headers") or {})
         if not queues and args["mandatory"]:
             self.send(
                 channel.number,
@@ -392,7 +443,19 @@ class AMQPServer(Protocol):
                 routing_key=args["routing_key"],
             )
             self.send_content(channel.number, props, body)
+        refused = False
         for queue in queues:
-            state.enqueue(queue, Stored(args["exchange"], args["routing_key"], dict(props), body, queue.name))
+            stored = Stored(args["exchange"], args["routing_key"], dict(props), body, queue.name)
+            if not state.accept(queue, stored):
+                refused = True
         if channel.confirming:
-            self.send(channel.number, "basic.ack", delivery_tag=channel.published, multiple=False)
+            if refused:  # a full queue with x-overflow reject-publish
+                self.send(
+                    channel.number,
+                    "basic.nack",
+                    delivery_tag=channel.published,
+                    multiple=False,
+                    requeue=False,
+                )
+            else:
+                self.send(channel.number, "basic.ack", delivery_tag=channel.published, multiple=False)
