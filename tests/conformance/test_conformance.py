@@ -407,3 +407,41 @@ async def test_rpc_over_direct_reply_to(broker: Env) -> None:
     assert await broker.wait(client.call(name, 21)) == 42
     assert seen[0].startswith("amq.rabbitmq.reply-to.")
     await broker.wait(server.stopService())
+
+
+@pytest_twisted.ensureDeferred
+async def test_auto_delete_queue_goes_with_its_last_consumer(broker: Env) -> None:
+    """
+    An auto-delete queue stays while consumed and is deleted when its last
+    consumer is cancelled.
+    """
+    conn = await broker.connect()
+    q = Queue(broker.name("auto"), auto_delete=True)
+    consumer = Consumer(conn, q, lambda m: None)
+    consumer.startService()
+    await broker.wait(consumer.wait_consuming())
+    assert await broker.depth(conn, q.name) == 0
+    await broker.wait(consumer.stopService())
+    with pytest.raises(NotFound):
+        await broker.depth(conn, q.name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_channel_closed_with_unacked_messages_requeues_them_flagged(broker: Env) -> None:
+    """
+    Messages delivered on a channel that closes before acking them go back to
+    the queue, and come again with redelivered set.
+    """
+    conn = await broker.connect()
+    q = broker.name("unacked")
+    await broker.wait(conn.declare(Queue(q)))
+    await broker.wait(Producer(conn).publish("", q, "held"))
+    channel = await broker.wait(conn.channel())
+    await broker.wait(channel.call("basic.consume", queue=q, consumer_tag="c1", no_ack=False))
+    await broker.sleep(0.1)
+    await broker.wait(channel.close())
+    redelivered: list[bool] = []
+    consumer = Consumer(conn, q, lambda m: redelivered.append(m.redelivered))
+    consumer.startService()
+    await broker.until(lambda: redelivered == [True])
+    await broker.wait(consumer.stopService())

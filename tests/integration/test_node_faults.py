@@ -75,7 +75,24 @@ async def test_kill_9_and_restart_loses_no_confirmed_message(node: RabbitNode) -
     consumer = Consumer(sub, name, tally.delivered, prefetch=500)
     consumer.startService()
     try:
-        await eventually(lambda: tally.all_consumed, timeout=60)
+        try:
+            await eventually(lambda: tally.all_consumed, timeout=120)
+        except AssertionError:
+            # lost, or still on the broker? Say which, with the broker's own count.
+            held = await deferToThread(
+                node.ctl,
+                "list_queues",
+                "name",
+                "messages",
+                "messages_unacknowledged",
+                "--no-table-headers",
+                "-q",
+            )
+            raise AssertionError(
+                f"{len(tally.lost)} of {len(confirmed)} confirmed ids not consumed after 120 s "
+                f"(e.g. {sorted(tally.lost)[:5]}); consumed {len(tally.consumed)}, consumer handled "
+                f"{consumer.consumed}, connected {sub.is_connected}; broker holds: {held.strip()}"
+            ) from None
         record(
             "2 node kill -9 and restart",
             tally,
