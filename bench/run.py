@@ -66,7 +66,8 @@ class Settings:
     rpc_calls: int = 2_000
     large_count: int = 50
     huge_count: int = 2
-    timeout: float = 900
+    #: seconds one run may take before it counts as failed (a stuck peer must not stall the rest)
+    timeout: float = 300
 
 
 @dataclass
