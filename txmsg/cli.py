@@ -768,10 +768,6 @@ class _ConnectErrors:
             globalLogPublisher.removeObserver(self)
 
 
-def _urls(connection: Connection) -> str:
-    return ", ".join(p.safe_url for p in connection.params)
-
-
 async def _connect(reactor: Any, connection: Connection, timeout: float, io: Io) -> None:
     """
     Wait until C{connection} is ready.
@@ -795,7 +791,7 @@ async def _connect(reactor: Any, connection: Connection, timeout: float, io: Io)
                     f" (last error: {url}: {error})" if url and len(connection.params) > 1 else f" ({error})"
                 )
             raise CommandFailed(
-                EXIT_UNAVAILABLE, f"no broker reachable within {timeout:g} s at {_urls(connection)}{why}"
+                EXIT_UNAVAILABLE, f"no broker reachable within {timeout:g} s at {connection.safe_urls}{why}"
             ) from None
 
 

@@ -54,6 +54,10 @@ class Deletable(Protocol):
     def delete(self, channel: Channel) -> Deferred[Any]: ...
 
 
+def _safe_urls(params: Sequence[ConnectionParameters]) -> str:
+    return ", ".join(p.safe_url for p in params)
+
+
 ReadyHook = Callable[[AMQPProtocol], "Deferred[Any] | None"]
 
 
@@ -128,7 +132,7 @@ class ClusterEndpoint:
         self.current = self.params[0]
 
     def __repr__(self) -> str:
-        return f"<ClusterEndpoint {', '.join(p.safe_url for p in self.params)}>"
+        return f"<ClusterEndpoint {_safe_urls(self.params)}>"
 
     @inlineCallbacks
     def connect(self, protocolFactory: Any) -> Any:
@@ -206,7 +210,14 @@ class Connection(Service):
         self._holds: list[Deferred[Any]] = []
 
     def __repr__(self) -> str:
-        return f"<Connection {', '.join(p.safe_url for p in self.params)}>"
+        return f"<Connection {self.safe_urls}>"
+
+    @property
+    def safe_urls(self) -> str:
+        """
+        The broker URLs, comma-separated, with their passwords masked.
+        """
+        return _safe_urls(self.params)
 
     # ------------------------------------------------------------------
     # IService

@@ -376,11 +376,11 @@ def watch_startup(
 
         def too_late() -> None:
             if connection.running and connection.protocol is None:
-                urls = ", ".join(p.safe_url for p in connection.params)
                 status.fail(
                     reactor,
                     EXIT_UNAVAILABLE,
-                    f"txmsg: cannot start: no broker reachable within {connect_timeout:g} s at {urls}",
+                    f"txmsg: cannot start: no broker reachable within {connect_timeout:g} s at "
+                    f"{connection.safe_urls}",
                 )
 
         timer = reactor.callLater(connect_timeout, too_late)

@@ -190,7 +190,7 @@ class _Reactor(Clock):
 
 class _Connection:
     """
-    What watch_startup looks at: when_ready(), running, protocol, params.
+    What watch_startup looks at: when_ready(), running, protocol, safe_urls.
     """
 
     def __init__(self) -> None:
@@ -205,6 +205,10 @@ class _Connection:
 
     def when_ready(self) -> object:
         return self.ready
+
+    @property
+    def safe_urls(self) -> str:
+        return ", ".join(p.safe_url for p in self.params)
 
 
 def _watch(**kwargs: object) -> tuple[_Reactor, _Connection, object, list[object]]:
