@@ -89,24 +89,21 @@ class _Channel:
         Ack (neither flag), requeue, or reject without requeue (C{dead}: the
         queue's dead-letter exchange gets them, reason "rejected").
         """
-        taken = self._take(tag, multiple)
         state = self.server.state
-        if dead and not requeue:
-            for _, message in taken:
-                queue = state.queues.get(message.queue)
-                if queue is not None:
-                    state.dead_letter(queue, message, "rejected")
+        # the queues these messages came from (those still there), in delivery order
+        taken = [(m, state.queues.get(m.queue)) for _, m in self._take(tag, multiple)]
         if requeue:
-            for _, message in reversed(taken):
-                queue = state.queues.get(message.queue)
+            for message, queue in reversed(taken):
                 if queue is not None:
                     message.redelivered = True
                     queue.messages.appendleft(message)
-        for queue in {id(c.queue): c.queue for c, _ in taken if c is not None}.values():
+        elif dead:
+            for message, queue in taken:
+                if queue is not None:
+                    state.dead_letter(queue, message, "rejected")
+        # settling made room for their consumers, or gave them messages again
+        for queue in {q.name: q for _, q in taken if q is not None}.values():
             state.dispatch(queue)
-        if requeue:
-            for queue in list(state.queues.values()):
-                state.dispatch(queue)
 
     def closed(self) -> None:
         """
