@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +18,12 @@ import pytest
 
 from .conftest import BROKER_URL
 from .nodes import free_port
+from .test_cli import COMMAND as CLI
 from .test_twistd import TWISTD
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "txmsg.cli"]
 SECRET = "pw-Secret-42"
 HOST = BROKER_URL.split("@")[-1].split("/")[0]
 

@@ -9,10 +9,6 @@ from twistd, and the connection stops instead of retrying.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +22,7 @@ from txmsg import Connection, Consumer, Message, Producer, ProtocolError, Queue,
 from ..unit.test_url import HAVE_TLS, _cert_pem, _key_pem, _make_cert
 from .conftest import eventually, unique
 from .nodes import RabbitNode, available, free_port
+from .test_bad_config import CLI, run
 from .test_twistd import TWISTD
 
 pytestmark = [
@@ -35,9 +32,6 @@ pytestmark = [
     pytest.mark.skipif(not HAVE_TLS, reason="needs twisted[tls]"),
     pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning"),
 ]
-
-ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "txmsg.cli"]
 
 
 @dataclass
@@ -158,14 +152,6 @@ async def test_connection_fails_once_with_a_typed_error(tls_node: TLSNode, name:
     await eventually(lambda: not conn.running)
 
 
-def run(args: list[str], cwd: Path) -> tuple[int, list[str], float]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    start = time.monotonic()
-    done = subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=env, timeout=60)
-    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-    return done.returncode, lines, time.monotonic() - start
-
-
 @pytest.mark.parametrize("name", list(BAD))
 def test_command_and_twistd_exit_76_with_one_line(tls_node: TLSNode, name: str, tmp_path: Path) -> None:
     """
@@ -175,12 +161,12 @@ def test_command_and_twistd_exit_76_with_one_line(tls_node: TLSNode, name: str, 
     """
     bad = BAD[name]
     url = bad_url(tls_node, bad)
-    code, lines, seconds = run([*CLI, "publish", "--url", url, "--timeout", "30", "-k", "q", "x"], tmp_path)
-    assert code == 76, lines
-    assert len(lines) == 1 and bad.needle in lines[0], lines
-    assert seconds < 15
-    code, lines, _ = run([*TWISTD, "--role", "consumer", "--queue", "q", "--url", url], tmp_path)
-    assert code == 76, lines
-    stops = [line for line in lines if "cannot start:" in line]
-    assert len(stops) == 1 and bad.needle in stops[0], lines
-    assert not any("Scheduling retry" in line for line in lines), lines
+    ran = run([*CLI, "publish", "--url", url, "--timeout", "30", "-k", "q", "x"], tmp_path)
+    assert ran.code == 76, ran.lines
+    assert len(ran.lines) == 1 and bad.needle in ran.lines[0], ran.lines
+    assert ran.seconds < 15
+    ran = run([*TWISTD, "--role", "consumer", "--queue", "q", "--url", url], tmp_path)
+    assert ran.code == 76, ran.lines
+    stops = [line for line in ran.lines if "cannot start:" in line]
+    assert len(stops) == 1 and bad.needle in stops[0], ran.lines
+    assert not any("Scheduling retry" in line for line in ran.lines), ran.lines
