@@ -384,7 +384,13 @@ def watch_startup(
                 )
 
         timer = reactor.callLater(connect_timeout, too_late)
-        ready.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+
+        def disarm(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        ready.addBoth(disarm)
 
 
 class _StartupWatch(Service):
