@@ -12,7 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 
 from txmsg import Binding, Connection, Consumer, Exchange, Producer, Queue
 
@@ -61,7 +61,8 @@ async def test_cuts_every_second_lose_no_confirmed_message(pika_peer: PikaPeer) 
     """
     Scenario 1: 20,000 persistent messages, each with its own message_id, are
     published with confirms while the proxy cuts every connection about once a
-    second (every 0.75 s), to a fanout exchange with two durable queues; two
+    second (every 0.75 s; the flow is paced to at most 5,000 messages a second
+    so it spans several cuts), to a fanout exchange with two durable queues; two
     consumers with manual acks read them through the same proxy, the second with
     a de-duplication window.  Every confirmed id is consumed by both (0 lost);
     the plain consumer's duplicates are counted, the de-duplicating one sees
@@ -120,6 +121,11 @@ async def test_cuts_every_second_lose_no_confirmed_message(pika_peer: PikaPeer) 
             )
             for i, (ok, value) in zip(ids, results, strict=True):
                 (confirmed.add(i) if ok else failed.append(value))
+            # at most 1,000 messages per 0.2 s, so the flow spans several cuts
+            # however fast the machine publishes
+            pause = start + (batch // 1000 + 1) * 0.2 - time.monotonic()
+            if pause > 0:
+                await deferLater(reactor, pause, lambda: None)
         cutter.stop()
         deduped.confirmed = confirmed
         await eventually(lambda: plain.all_consumed and deduped.all_consumed, timeout=120)
