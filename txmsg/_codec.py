@@ -515,6 +515,8 @@ _PROPERTY_TYPES: tuple[str, ...] = (
 )
 _PROPERTY_FLAGS = tuple(1 << (15 - i) for i in range(len(PROPERTY_NAMES)))
 _PROPS = tuple(zip(PROPERTY_NAMES, _PROPERTY_TYPES, _PROPERTY_FLAGS, strict=True))
+#: name -> (position, type, flag bit), for encoding only the properties given
+_PROP_SPECS = {name: (i, kind, flag) for i, (name, kind, flag) in enumerate(_PROPS)}
 
 
 def _check_property_order() -> None:
@@ -530,12 +532,17 @@ def encode_properties(props: dict[str, Any]) -> bytes:
     """
     if not props:
         return b"\x00\x00"
+    # a message has a few of the fourteen: visit those, in the spec's order
+    present = []
+    for name, value in props.items():
+        spec = _PROP_SPECS.get(name)
+        if spec is not None and value is not None:
+            present.append((spec, name, value))
+    if len(present) > 1:
+        present.sort()  # by position, which is unique: values are never compared
     flags = 0
     out: list[bytes] = []
-    for name, kind, flag in _PROPS:
-        value = props.get(name)
-        if value is None:
-            continue
+    for (_, kind, flag), name, value in present:
         flags |= flag
         try:
             if kind == "shortstr":

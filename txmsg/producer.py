@@ -91,7 +91,11 @@ class Producer:
         a publish's Deferred fires as soon as the message is written to the
         connection, so waiting for it is backpressure, not a guarantee; a
         message written just before a connection is lost may be lost with it.
-        C{mandatory} is not available then.  L{confirmed} counts messages written.
+        L{confirmed} counts messages written.  C{mandatory} needs C{on_return}
+        then: the publish has already succeeded when the broker returns it.
+    @param on_return: called with an L{Unroutable} and the message's
+        properties for each mandatory message the broker returns on a
+        producer without confirms (with confirms, the publish fails instead).
     """
 
     _log = Logger()
@@ -103,6 +107,7 @@ class Producer:
         window: int = DEFAULT_WINDOW,
         confirm: bool = True,
         on_channel: Callable[[Channel], Deferred[Any] | None] | None = None,
+        on_return: Callable[[Unroutable, dict[str, Any]], None] | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
@@ -112,6 +117,7 @@ class Producer:
         #: called with each new publishing channel before anything is published
         #: on it (e.g. to consume replies on that channel); may return a Deferred
         self.on_channel = on_channel
+        self.on_return = on_return
         #: publishes confirmed by the broker, and those that failed (nacked,
         #: returned, timed out or lost with a stopped connection)
         self.confirmed = 0
@@ -159,13 +165,21 @@ class Producer:
                 body, props = encode_message(payload, **properties)
         except (TypeError, ValueError) as e:
             return fail(e)
-        if mandatory and not self.confirm:
-            return fail(ValueError("mandatory needs a Producer with confirms (confirm=True)"))
-        if mandatory and "message_id" not in props:
+        if mandatory and not self.confirm and self.on_return is None:
+            return fail(ValueError("mandatory needs a Producer with confirms or an on_return callback"))
+        channel = self._channel
+        if not self.confirm and channel is not None and not self._waiting and self._can_write(channel):
+            # the fast path of an unconfirmed publish: written now, done now
+            try:
+                channel.publish(exchange, routing_key, body, props, mandatory)
+            except (TypeError, ValueError) as e:
+                return fail(e)
+            self.confirmed += 1
+            return succeed(None)
+        if mandatory and self.confirm and "message_id" not in props:
             # returns are matched to their publish by message id
             props["message_id"] = uuid.uuid4().hex
         pending = _Pending(exchange, routing_key, body, props, mandatory)
-        channel = self._channel
         try:
             if channel is not None and not self._waiting and self._can_write(channel):
                 self._send(channel, pending)
@@ -385,11 +399,17 @@ class Producer:
             self._drain()
 
     def _returned(self, args: dict[str, Any], props: dict[str, Any], body: bytes) -> None:
+        returned = Unroutable(args["reply_code"], args["reply_text"], args["exchange"], args["routing_key"])
+        if not self.confirm:
+            if self.on_return is not None:
+                try:
+                    self.on_return(returned, props)
+                except Exception:  # noqa: BLE001 - the application's callback must not break the channel
+                    self._log.failure("on_return callback failed")
+            return
         pending = self._by_message_id.get(props.get("message_id") or "")
         if pending is not None:
-            pending.returned = Unroutable(
-                args["reply_code"], args["reply_text"], args["exchange"], args["routing_key"]
-            )
+            pending.returned = returned
 
     def _timed_out(self, pending: _Pending) -> None:
         pending.timer = None  # a settled publish is skipped wherever it still waits

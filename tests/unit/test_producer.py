@@ -382,15 +382,35 @@ def test_without_confirms_a_publish_fires_once_written() -> None:
     assert b.producer.unconfirmed == 0 and b.producer.confirmed == 4
 
 
-def test_without_confirms_mandatory_is_refused() -> None:
+def test_without_confirms_mandatory_is_refused_unless_returns_have_a_callback() -> None:
     """
-    A return could not be matched to a publish that already fired: mandatory
-    needs confirms.
+    Without confirms a return cannot fail a publish that already fired, so
+    mandatory is refused unless on_return is given; with it, each returned
+    message is handed to the callback with its properties (the publish had
+    already succeeded), and a callback that raises does not break the channel.
     """
     b = Broker(confirm=False)
     [outcome] = outcomes([b.producer.publish("", "q", "m", mandatory=True)])
     assert outcome is ValueError
     assert b.published() == []
+
+    returned: list[tuple[Any, dict[str, Any]]] = []
+
+    def on_return(error: Any, props: dict[str, Any]) -> None:
+        returned.append((error, props))
+        if len(returned) == 2:
+            raise RuntimeError("a bug in the callback")
+
+    b.producer.on_return = on_return
+    ds = [b.producer.publish("", "nowhere", "m", mandatory=True, message_id=f"id{i}") for i in range(3)]
+    assert outcomes(ds) == [None, None, None]
+    assert [m[1] for m in b.published()] == ["nowhere"] * 3
+    for i in range(3):
+        b.send_return(f"id{i}")
+    assert [props["message_id"] for _, props in returned] == ["id0", "id1", "id2"]
+    error = returned[0][0]
+    assert isinstance(error, Unroutable) and error.reply_code == 312 and error.routing_key == "nowhere"
+    assert b.producer._channel is not None and b.producer._channel.is_open
 
 
 def test_room_waits_until_fewer_than_limit_are_pending() -> None:
