@@ -133,6 +133,9 @@ class AMQPProtocol(FrameReceiver):
         self._received = False
         self._sent = False
         self._missed = 0
+        #: a read is being handled; what to call once it is
+        self._reading = False
+        self._after_read: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------
     # transport events
@@ -160,6 +163,31 @@ class AMQPProtocol(FrameReceiver):
             self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        self._reading = True
+        try:
+            self._frames_received(data)
+        finally:
+            self._reading = False
+            if self._after_read:
+                calls, self._after_read = self._after_read, []
+                for call in calls:
+                    try:
+                        call()
+                    except Exception:  # noqa: BLE001 - one failing callback must not skip the others
+                        self._log.failure("after-read callback failed")
+
+    def call_after_read(self, f: Callable[[], None]) -> bool:
+        """
+        Call C{f} once the frames of the read being handled are all handled
+        (e.g. to send one ack for the deliveries it held); L{False}, and
+        nothing done, when no read is being handled.
+        """
+        if not self._reading:
+            return False
+        self._after_read.append(f)
+        return True
+
+    def _frames_received(self, data: bytes) -> None:
         self._received = True
         buf = self._buf
         buf += data

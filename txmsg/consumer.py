@@ -90,8 +90,9 @@ def delivery_count(message: Message) -> int | None:
 
 class _Acks:
     """
-    Settles the deliveries of one channel.  Acks wait until the end of the
-    reactor turn and then go as one C{multiple} ack for the longest run of
+    Settles the deliveries of one channel.  Acks wait until the read that
+    brought their deliveries is handled (else until the end of the reactor
+    turn) and then go as one C{multiple} ack for the longest run of
     settled deliveries from the oldest, and singly for the rest; rejects go at
     once.  A C{multiple} ack is only sent where every earlier delivery on the
     channel is settled, so it never acks a message still being handled.
@@ -106,6 +107,7 @@ class _Acks:
         #: every delivery up to this tag is settled (and none is in _open)
         self._upto = 0
         self._call: Any = None
+        self._flush_due = False
 
     def begin(self, tag: int) -> None:
         """
@@ -121,14 +123,17 @@ class _Acks:
             self._acked += 1
         else:
             self._upto = tag
-        if self._call is None:
-            self._call = self.reactor.callLater(0, self.flush)
+        if not self._flush_due:
+            self._flush_due = True
+            if not self.channel.protocol.call_after_read(self.flush):
+                self._call = self.reactor.callLater(0, self.flush)
 
     def reject(self, tag: int, requeue: bool) -> None:
         self._open.pop(tag, None)
         self.channel.reject(tag, requeue=requeue)
 
     def flush(self) -> None:
+        self._flush_due = False
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
@@ -157,6 +162,7 @@ class _Acks:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        self._flush_due = False
         self._open.clear()
         self._acked = self._upto = 0
 

@@ -94,19 +94,41 @@ def test_registers_with_bounded_prefetch_and_declares_an_owned_queue() -> None:
     assert b2.registered[0][1]["prefetch_count"] == 3
 
 
-def test_acks_of_synchronous_handlers_go_as_one_multiple_ack_per_reactor_turn() -> None:
+def test_acks_of_synchronous_handlers_go_as_one_multiple_ack_per_read() -> None:
     """
     Five messages handled synchronously in one read are acked by a single
-    basic.ack with multiple set, after the reactor turn.
+    basic.ack with multiple set, written as soon as the read is handled (no
+    timer: nothing is left for the reactor turn).
     """
     seen: list[bytes] = []
     b = Broker(lambda m: seen.append(m.body))
     b.feed(b"".join(b.deliver(t, b"m%d" % t) for t in range(1, 6)))
     assert seen == [b"m1", b"m2", b"m3", b"m4", b"m5"]
+    assert b.settlements() == [("ack", 5, True)]
+    assert [c for c in b.clock.getDelayedCalls() if c.getTime() == b.clock.seconds()] == []
+    assert b.consumer.consumed == 5
+
+
+def test_acks_settled_outside_a_read_go_after_the_reactor_turn() -> None:
+    """
+    Handlers whose Deferreds fire later (from a timer, not a read) are acked
+    together once the reactor turn ends: one multiple ack for both.
+    """
+    pending: list[Deferred[None]] = []
+
+    def handler(m: Any) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        pending.append(d)
+        return d
+
+    b = Broker(handler)
+    b.feed(b.deliver(1) + b.deliver(2))
+    assert b.settlements() == []
+    for d in pending:
+        d.callback(None)
     assert b.settlements() == []
     b.clock.advance(0)
-    assert b.settlements() == [("ack", 5, True)]
-    assert b.consumer.consumed == 5
+    assert b.settlements() == [("ack", 2, True)]
 
 
 def test_a_multiple_ack_never_covers_a_message_still_being_handled() -> None:
@@ -134,7 +156,8 @@ def test_a_multiple_ack_never_covers_a_message_still_being_handled() -> None:
 def test_failures_reject_at_once_and_requeue_only_when_asked() -> None:
     """
     An exception rejects without requeue; Reject likewise; Requeue rejects
-    with requeue; each goes out at once, the acks around them after the turn.
+    with requeue; each goes out at once, the acks around them once the read is
+    handled (one multiple ack: the rejected ones are settled already).
     """
 
     def handler(m: Any) -> None:
@@ -147,9 +170,12 @@ def test_failures_reject_at_once_and_requeue_only_when_asked() -> None:
 
     b = Broker(handler)
     b.feed(b.deliver(1) + b.deliver(2, b"boom") + b.deliver(3, b"again") + b.deliver(4, b"no") + b.deliver(5))
-    assert b.settlements() == [("reject", 2, False), ("reject", 3, True), ("reject", 4, False)]
-    b.clock.advance(0)
-    assert b.settlements() == [("ack", 5, True)]
+    assert b.settlements() == [
+        ("reject", 2, False),
+        ("reject", 3, True),
+        ("reject", 4, False),
+        ("ack", 5, True),
+    ]
 
 
 def test_requeue_of_a_redelivered_message_dead_letters_it() -> None:
@@ -325,8 +351,8 @@ def test_no_handler_starts_once_stopping_has_begun() -> None:
     b.feed(method(1, "basic.cancel-ok", consumer_tag="ctag"))
     assert handled == [1]
     assert [(n, a.get("delivery_tag")) for n, a in b.methods()] == [
-        ("basic.cancel", None),
         ("basic.ack", 1),
+        ("basic.cancel", None),
         ("channel.close", None),
     ]
 
@@ -368,4 +394,5 @@ def test_dedupe_window_skips_recent_message_ids() -> None:
     b.clock.advance(0)
     assert seen == [b"1", b"3", b"4", b"5", b"6", b"7"]
     assert b.consumer.deduplicated == 1
-    assert b.settlements() == [("ack", 7, True)]
+    # one read each: each is acked (the skipped one too) once its read is handled
+    assert b.settlements() == [("ack", tag, True) for tag in range(1, 8)]
