@@ -403,3 +403,49 @@ async def test_wait_ready_means_bound_even_before_the_connection_ran(pika_peer: 
         await server.stopService()
         await conn.stopService()
         await pika_peer.delete_exchange(exchange)
+
+
+@pytest.mark.parametrize("reply_queue", [False, True], ids=["direct-reply-to", "reply-queue"])
+@pytest_twisted.ensureDeferred
+async def test_call_cut_off_from_its_reply_is_sent_again_and_answered(
+    connection: Connection, pika_peer: PikaPeer, reply_queue: bool
+) -> None:
+    """
+    The client's connection is cut while a server handles its request, so the
+    reply cannot reach it; once reconnected the client sends the request
+    again (same correlation id, the time left as its expiration) and the call
+    is answered within its timeout.  The handler saw the request twice.
+    """
+    from .test_faults import proxied
+
+    proxy, url = await proxied()
+    name = unique("rpc-again")
+    seen: list[Message] = []
+    gate: Deferred[None] = Deferred()
+
+    def handler(m: Message) -> Any:
+        seen.append(m)
+        if len(seen) == 1:  # the first one is held until the client is cut off
+            return gate.addCallback(lambda _: m.payload)
+        return m.payload
+
+    server = await started(RpcServer(connection, name, handler))
+    client_conn = Connection(url, reactor=reactor, name=unique("rpc-again-cli"))
+    try:
+        client = RpcClient(client_conn, reply_queue=reply_queue)
+        d = client.call(name, "hello", timeout=30)
+        await eventually(lambda: len(seen) == 1)
+        first_protocol = client_conn.protocol
+        assert proxy.cut_all() == 2
+        gate.callback(None)
+        assert await d == "hello"
+        assert client_conn.protocol is not first_protocol
+        assert len(seen) == 2
+        assert seen[0].correlation_id == seen[1].correlation_id
+        assert int(seen[1].expiration or 0) < 30_000
+        assert client._calls == {}
+    finally:
+        await server.stopService()
+        await client_conn.stopService()
+        proxy.stop()
+        await pika_peer.delete_queue(name)
