@@ -12,9 +12,12 @@ run, deleted after; publishing is timed until the broker reports every
 message queued; confirms are pipelined (except pika's blocking connection,
 whose API waits for each); consumers use prefetch 1000 and ack every 100
 messages with multiple=True (txmsg: its own batching, one multiple ack per
-reactor turn); RPC calls one at a time against an echo server of the same
-library in another process; end to end runs publisher and consumer in
-separate processes and measures latency from a timestamp in each body.
+read); RPC calls one at a time against an echo server of the same library in
+another process, each client with an exclusive reply queue; end to end runs
+publisher and consumer in separate processes and measures latency from a
+timestamp in each body.  After the e2e rows, txmsg runs end to end again with
+its publisher paced to the fastest other client's e2e throughput: its latency
+at that peer's throughput.
 
 Scenarios:
   publish      N messages, no confirms
@@ -159,22 +162,7 @@ def measure(client: str, scenario: str, s: Settings) -> Run:
             calls = r["count"]
             return Run(calls / r["elapsed"], (r["cpu"] + served["cpu"]) / calls * 1e6, r["maxrss_mb"])
         if scenario == "e2e":
-            sub = start(client, "e2e-sub", {"queue": queue, "n": n})
-            sub.wait_ready()
-            try:
-                pub = start(client, "e2e-pub", {"queue": queue, "n": n, "size": 100}).result(s.timeout)
-            except Exception:
-                sub.proc.kill()
-                raise
-            got = sub.result(s.timeout)
-            latencies = got["latencies"]
-            return Run(
-                n / (got["end"] - pub["start"]),
-                (pub["cpu"] + got["cpu"]) / n * 1e6,
-                max(pub["maxrss_mb"], got["maxrss_mb"]),
-                common.percentile(latencies, 0.5) * 1000,
-                common.percentile(latencies, 0.99) * 1000,
-            )
+            return end_to_end(client, queue, s)
         if scenario in ("large-1m", "large-64m"):
             size, count = (MB, s.large_count) if scenario == "large-1m" else (64 * MB, s.huge_count)
             common.declare(queue)
@@ -186,6 +174,62 @@ def measure(client: str, scenario: str, s: Settings) -> Run:
             common.delete(queue)
         except Exception:  # noqa: BLE001, S110 - a server-side queue that is already gone
             pass
+
+
+def end_to_end(client: str, queue: str, s: Settings, rate: float | None = None) -> Run:
+    """
+    Publisher and consumer processes on a fresh queue; the publisher paced to
+    C{rate} messages a second if given (txmsg only).
+    """
+    n = s.messages
+    sub = start(client, "e2e-sub", {"queue": queue, "n": n})
+    sub.wait_ready()
+    try:
+        pub = start(client, "e2e-pub", {"queue": queue, "n": n, "size": 100, "rate": rate}).result(s.timeout)
+    except Exception:
+        sub.proc.kill()
+        raise
+    got = sub.result(s.timeout)
+    latencies = got["latencies"]
+    return Run(
+        n / (got["end"] - pub["start"]),
+        (pub["cpu"] + got["cpu"]) / n * 1e6,
+        max(pub["maxrss_mb"], got["maxrss_mb"]),
+        common.percentile(latencies, 0.5) * 1000,
+        common.percentile(latencies, 0.99) * 1000,
+    )
+
+
+def at_peer_rate(
+    results: dict[tuple[str, str], list[Run]], clients: list[str], s: Settings, rounds: int
+) -> str:
+    """
+    txmsg end to end with its publisher paced to the fastest other client's
+    median e2e throughput: its latency at that peer's throughput.
+    """
+    peers = {
+        c: statistics.median(r.rate for r in results[(c, "e2e")]) for c in clients if (c, "e2e") in results
+    }
+    peers.pop("txmsg", None)
+    if not peers:
+        return ""
+    peer = max(peers, key=lambda c: peers[c])
+    runs = []
+    for _ in range(rounds):
+        queue = fresh_queue()
+        try:
+            runs.append(end_to_end("txmsg", queue, s, rate=peers[peer]))
+        finally:
+            common.delete(queue)
+    p50 = statistics.median(r.p50_ms or 0 for r in runs)
+    p99 = statistics.median(r.p99_ms or 0 for r in runs)
+    peer_p50 = statistics.median(r.p50_ms or 0 for r in results[(peer, "e2e")])
+    peer_p99 = statistics.median(r.p99_ms or 0 for r in results[(peer, "e2e")])
+    return (
+        f"e2e at {peer}'s {peers[peer]:,.0f} msg/s ({rounds} runs, txmsg's publisher paced to it): "
+        f"txmsg {statistics.median(r.rate for r in runs):,.0f} msg/s, p50/p99 {p50:,.1f} / {p99:,.1f} ms "
+        f"against {peer_p50:,.0f} / {peer_p99:,.0f} ms: {p50 / peer_p50:.3f}x / {p99 / peer_p99:.3f}x"
+    )
 
 
 UNITS = {"rpc": "calls/s", "large-1m": "MB/s", "large-64m": "MB/s"}
@@ -324,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{settings.rpc_calls:,} RPC calls, broker {common.URL.split('@')[-1]}, {os.cpu_count()} CPUs"
     )
     print(report(results, clients, scenarios, rounds))
+    if "e2e" in scenarios and ("txmsg", "e2e") in results:
+        line = at_peer_rate(results, clients, settings, rounds)
+        if line:
+            print(line + "\n")
     if args.ceiling and "txmsg" in clients:
         print(ceiling(settings, "txmsg", 2))
     if args.json:

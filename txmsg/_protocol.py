@@ -53,6 +53,8 @@ _CONN_UPDATE_SECRET_OK = (10, 71)
 #: ticks of silence (each half a heartbeat interval) after which the peer is dead:
 #: three ticks means the silence lasted between 1.5 and 2 intervals.
 MISSED_TICKS = 3
+#: body frames at least this large stream to their channel as they arrive
+_STREAM_BODY = 16384
 
 CAPABILITIES = {
     "publisher_confirms": True,
@@ -136,6 +138,11 @@ class AMQPProtocol(FrameReceiver):
         #: a read is being handled; what to call once it is
         self._reading = False
         self._after_read: list[Callable[[], None]] = []
+        #: a body frame larger than what has arrived: its payload goes to its
+        #: channel as it comes, without passing through the frame buffer
+        self._body_left = 0
+        self._body_channel: Channel | None = None
+        self._body_end_due = False
 
     # ------------------------------------------------------------------
     # transport events
@@ -189,8 +196,15 @@ class AMQPProtocol(FrameReceiver):
 
     def _frames_received(self, data: bytes) -> None:
         self._received = True
-        buf = self._buf
-        buf += data
+        if self._body_left or self._body_end_due:
+            rest = self._stream_body(data)
+            if rest is None:
+                return
+            buf = self._buf
+            buf += rest
+        else:
+            buf = self._buf
+            buf += data
         pos = 0
         n = len(buf)
         channels = self.channels
@@ -217,6 +231,16 @@ class AMQPProtocol(FrameReceiver):
                 if end >= n:
                     if size > limit:
                         raise ProtocolError(f"frame of {size} bytes exceeds frame_max")
+                    if ftype == 3 and size >= _STREAM_BODY:
+                        # the rest of a big body frame streams to its channel
+                        channel = channels.get(ch)
+                        if channel is not None and n > pos + 7:
+                            with memoryview(buf) as view:
+                                channel.body_received(bytes(view[pos + 7 : n]))
+                        self._body_channel = channel
+                        self._body_left = end - n
+                        self._body_end_due = True
+                        pos = n
                     break
                 if buf[end] != 0xCE:
                     raise ProtocolError("frame does not end with the frame-end octet")
@@ -257,6 +281,30 @@ class AMQPProtocol(FrameReceiver):
         finally:
             if pos:
                 del buf[:pos]
+
+    def _stream_body(self, data: bytes) -> memoryview | None:
+        """
+        Hand the payload of the body frame being streamed to its channel (the
+        whole read when it is all payload: no copy); return what follows the
+        frame, or L{None} when nothing does.
+        """
+        take = min(self._body_left, len(data))
+        channel = self._body_channel
+        if take:
+            self._body_left -= take
+            if channel is not None:
+                channel.body_received(data if take == len(data) else bytes(memoryview(data)[:take]))
+        if self._body_left:
+            return None
+        rest = memoryview(data)[take:]
+        if not rest:
+            return None  # the frame-end octet is still to come
+        self._body_end_due = False
+        self._body_channel = None
+        if rest[0] != 0xCE:
+            self._protocol_error(ProtocolError("frame does not end with the frame-end octet"))
+            return None
+        return rest[1:]
 
     def _protocol_error(self, error: ProtocolError) -> None:
         self._log.error("protocol error from {host}: {error}", host=self.params.host, error=error)

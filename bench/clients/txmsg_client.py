@@ -112,16 +112,25 @@ async def rpc(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def e2e_pub(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
+    from twisted.internet.task import deferLater
+
     from txmsg import Connection, Producer
 
     conn = Connection(URL, reactor=reactor)
     producer = Producer(conn, confirm=False)
     await producer.publish("", p["queue"], body(p["size"]))
     start, c0 = time.time(), cpu()
-    for _ in range(p["n"] - 1):
-        d = producer.publish("", p["queue"], body(p["size"]))
-        if not d.called:
-            await d
+    rate, n, sent = p.get("rate"), p["n"], 1
+    while sent < n:
+        # at most `rate` messages a second when paced (bench.run's e2e at a peer's rate)
+        due = n if not rate else min(n, int((time.time() - start) * rate) + 1)
+        while sent < due:
+            d = producer.publish("", p["queue"], body(p["size"]))
+            sent += 1
+            if not d.called:
+                await d
+        if sent < n:
+            await deferLater(reactor, 0.002, lambda: None)
     await conn.stopService()
     return {"start": start, "cpu": cpu() - c0}
 
@@ -173,7 +182,7 @@ async def large(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
         if got == p["n"] + 1:
             done.callback(None)
 
-    consumer = Consumer(conn, p["queue"], handle, prefetch=10)
+    consumer = Consumer(conn, p["queue"], handle, prefetch=PREFETCH)
     consumer.startService()
     await done
     elapsed, spent = time.perf_counter() - start, cpu() - c0

@@ -543,3 +543,62 @@ def test_close_ok_ends_the_transport_at_once() -> None:
     assert b.transport.aborted
     b.lose()
     assert closed.called
+
+
+def _two_big_deliveries(body: bytes, frame_max: int) -> bytes:
+    data = b""
+    for tag in (1, 2):
+        data += method(
+            1,
+            "basic.deliver",
+            consumer_tag="ctag",
+            delivery_tag=tag,
+            redelivered=False,
+            exchange="",
+            routing_key="q",
+        )
+        data += b"".join(_codec.content_frames(1, {}, body, frame_max))
+    return data
+
+
+@pytest.mark.parametrize("chunk", [1, 4096, 65536, 100_000, 131_079])
+def test_big_body_frames_stream_to_the_channel_without_filling_the_buffer(chunk: int) -> None:
+    """
+    A body frame larger than what has arrived goes to its channel piece by
+    piece as reads come (the frame buffer never holds it whole), in reads of
+    any size, with the frame-end octet alone in a read or followed by the next
+    frames; both messages arrive whole.
+    """
+    b = Broker()
+    b.handshake(frame_max=131072)
+    channel_d = b.protocol.open_channel()
+    b.feed(method(1, "channel.open-ok"))
+    channel = channel_d.result
+    got: list[bytes] = []
+    channel.consumers["ctag"] = lambda args, props, body: got.append(body)
+    body = bytes(range(256)) * 1200  # 307,200 bytes: three body frames
+    data = _two_big_deliveries(body, 131072)
+    most = 0
+    for i in range(0, len(data), chunk):
+        b.feed(data[i : i + chunk])
+        most = max(most, len(b.protocol._buf))
+    assert got == [body, body]
+    assert most < max(chunk, 16384) + 100
+    assert len(b.protocol._buf) == 0 and b.protocol._close_error is None
+
+
+def test_a_streamed_body_frame_must_end_with_the_frame_end_octet() -> None:
+    """
+    A streamed body frame followed by anything but 0xCE is a protocol error.
+    """
+    b = Broker()
+    b.handshake(frame_max=131072)
+    channel_d = b.protocol.open_channel()
+    b.feed(method(1, "channel.open-ok"))
+    channel_d.result.consumers["ctag"] = lambda args, props, body: None
+    data = _two_big_deliveries(b"x" * 100_000, 131072)
+    end = data.index(b"\xce", data.index(b"x" * 100_000) + 100_000 - 1)
+    broken = data[:end] + b"\x00" + data[end + 1 :]
+    b.feed(broken[:20_000])
+    b.feed(broken[20_000:])
+    assert "frame-end" in str(b.protocol._close_error)
