@@ -33,7 +33,7 @@ from txmsg.consumer import Consumer, Handler, delivery_count
 from txmsg.errors import TxmsgError
 from txmsg.message import Message
 from txmsg.producer import Producer
-from txmsg.rpc import ERROR_HEADER, SERVER_HEADER, RpcServer
+from txmsg.rpc import ERROR_HEADER, RpcServer
 from txmsg.topology import Queue
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -277,10 +277,8 @@ class _Run:
             self.duplicates += 1
             return
         self.settled.add(index)
-        headers = message.headers or {}
-        worker = headers.get(SERVER_HEADER)
-        worker = worker if isinstance(worker, str) else None
-        error = headers.get(ERROR_HEADER)
+        worker = message.app_id
+        error = (message.headers or {}).get(ERROR_HEADER)
         if error is not None:
             text = message.body.decode("utf-8", "replace")
             self.failures.append(TaskFailure(index, str(error), text, worker))

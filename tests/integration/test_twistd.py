@@ -392,9 +392,7 @@ def test_rpc_servers_broadcast_and_shared_keys(twistd: Callable[..., Twistd]) ->
             s.wait_for(f"consuming {q}")
         callback = ch.queue_declare("", exclusive=True).method.queue
         got: list[tuple[str, Any]] = []
-        ch.basic_consume(
-            callback, lambda c, m, p, b: got.append((p.headers["x-txmsg-server"], b)), auto_ack=True
-        )
+        ch.basic_consume(callback, lambda c, m, p, b: got.append((p.app_id, b)), auto_ack=True)
         props = pika.BasicProperties(reply_to=callback, correlation_id="1", content_type="application/json")
         ch.basic_publish(x, "list-vms", b'{"q": 1}', props)
         deadline = time.monotonic() + 10

@@ -69,3 +69,16 @@ def test_a_request_carries_its_time_left_and_no_confirm_is_asked() -> None:
     assert request.expiration == "7000"
     assert (request.reply_to or "").startswith(client.reply_to) and request.correlation_id
     assert client.producer.confirm is False
+
+
+def test_a_server_id_that_cannot_be_an_app_id_is_refused() -> None:
+    """
+    The server id goes in each reply's app_id, a short string: one longer
+    than 255 bytes is refused when the server is made, not at its first reply.
+    """
+    import pytest
+
+    broker = MemoryBroker()
+    with pytest.raises(ValueError, match="255 bytes"):
+        RpcServer(broker.connection(), "svc", lambda m: None, server_id="é" * 200)
+    assert RpcServer(broker.connection(), "svc", lambda m: None, server_id="s" * 255).server_id == "s" * 255
