@@ -596,13 +596,14 @@ def decode_content_header(buf: Buf, off: int) -> tuple[int, dict[str, Any]]:
     return size, props
 
 
-def body_frames(channel: int, body: bytes, frame_max: int) -> Iterable[bytes]:
+def body_frames(channel: int, body: bytes, frame_max: int) -> Iterable[bytes | memoryview]:
     """
     Split C{body} into body frames no larger than C{frame_max} bytes each.
     """
     chunk = frame_max - FRAME_OVERHEAD
+    view = memoryview(body)  # each frame's payload is a view of the body, not a copy
     for start in range(0, len(body), chunk):
-        piece = body[start : start + chunk]
+        piece = view[start : start + chunk]
         yield _FRAME_HEAD.pack(FRAME_BODY, channel, len(piece))
         yield piece
         yield FRAME_END_BYTE
@@ -616,7 +617,7 @@ def publish_frames(
     props: dict[str, Any],
     body: bytes,
     frame_max: int,
-) -> bytes | list[bytes]:
+) -> bytes | list[bytes | memoryview]:
     """
     basic.publish with its content: one buffer when the body fits one frame
     (one transport write), a list of frames otherwise (no copy of a big body).
@@ -628,7 +629,12 @@ def publish_frames(
             f"message properties take {len(header)} bytes, more than one frame holds "
             f"(frame_max {frame_max}): send less in the headers"
         )
-    parts = [method, _FRAME_HEAD.pack(FRAME_HEADER, channel, len(header)), header, FRAME_END_BYTE]
+    parts: list[bytes | memoryview] = [
+        method,
+        _FRAME_HEAD.pack(FRAME_HEADER, channel, len(header)),
+        header,
+        FRAME_END_BYTE,
+    ]
     if len(body) <= frame_max - FRAME_OVERHEAD:
         if body:
             parts += (_FRAME_HEAD.pack(FRAME_BODY, channel, len(body)), body, FRAME_END_BYTE)
@@ -637,11 +643,13 @@ def publish_frames(
     return parts
 
 
-def content_frames(channel: int, props: dict[str, Any], body: bytes, frame_max: int) -> list[bytes]:
+def content_frames(
+    channel: int, props: dict[str, Any], body: bytes, frame_max: int
+) -> list[bytes | memoryview]:
     """
     The header frame then the body frames of one message, as a list of byte strings.
     """
-    parts = [content_header_frame(channel, len(body), props)]
+    parts: list[bytes | memoryview] = [content_header_frame(channel, len(body), props)]
     if body:
         if len(body) <= frame_max - FRAME_OVERHEAD:
             parts.append(_FRAME_HEAD.pack(FRAME_BODY, channel, len(body)))

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -53,6 +54,23 @@ _CONN_UPDATE_SECRET_OK = (10, 71)
 #: ticks of silence (each half a heartbeat interval) after which the peer is dead:
 #: three ticks means the silence lasted between 1.5 and 2 intervals.
 MISSED_TICKS = 3
+#: transports whose socket a big message may be written to directly
+_DIRECT_TRANSPORTS = frozenset({tcp.Client})
+
+
+def _idle(transport: Any) -> bool:
+    """
+    A plain TCP transport, connected, with nothing waiting in its buffer.
+    """
+    return bool(
+        transport.connected
+        and not transport.disconnecting
+        and not getattr(transport, "TLS", True)
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+    )
+
+
 #: body frames at least this large stream to their channel as they arrive
 _STREAM_BODY = 16384
 
@@ -360,9 +378,30 @@ class AMQPProtocol(FrameReceiver):
         self._sent = True
         self.transport.write(data)
 
-    def write_sequence(self, parts: list[bytes]) -> None:
+    def write_sequence(self, parts: list[bytes | memoryview]) -> None:
+        """
+        Write the frames of a message too big for one frame.  The body's
+        frames are views of it: on a plain TCP connection with nothing buffered
+        they go straight to the socket, not copied; whatever the socket does not
+        take goes to the transport's buffer (copied once, as Twisted wants bytes).
+        """
         self._sent = True
-        self.transport.writeSequence(parts)
+        transport = self.transport
+        if type(transport) in _DIRECT_TRANSPORTS and _idle(transport):
+            for i, part in enumerate(parts):
+                view = memoryview(part)
+                sent = 0
+                while sent < len(view):
+                    n = transport.writeSomeData(view[sent:])
+                    if not isinstance(n, int) or n <= 0:  # full, or an error the transport reports
+                        break
+                    sent += n
+                if sent < len(view):
+                    rest = [bytes(view[sent:])] + [bytes(p) for p in parts[i + 1 :]]
+                    transport.writeSequence(rest)
+                    return
+            return
+        transport.writeSequence([p if isinstance(p, bytes) else bytes(p) for p in parts])
 
     def _send_method(self, name: str, **kwargs: Any) -> None:
         self.write(_codec.method_frame(0, self._methods.by_name[name].encode(kwargs)))

@@ -7,6 +7,7 @@ fatal errors are typed and not retried, and large bodies round-trip.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -226,3 +227,57 @@ async def test_delete_removes_a_queue_and_stops_replaying_it(connection: Connect
     await connection.delete(queue)
     assert queue not in connection.topology
     assert name not in rabbitmqctl("list_queues", "name", "--no-table-headers", "-q").split()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_big_message_written_to_a_full_socket_keeps_its_bytes_in_order() -> None:
+    """
+    The frames of a big message go straight to the socket while it takes
+    them; when a peer that does not read lets it fill, the rest waits in the
+    transport's buffer, and once the peer reads it gets every frame byte for
+    byte, in order, with a message written afterwards behind it.  (No broker:
+    a TCP listener that stops reading.)
+    """
+    from twisted.internet import protocol
+    from twisted.internet.defer import Deferred
+    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+
+    from txmsg import _codec
+    from txmsg._protocol import AMQPProtocol
+    from txmsg.url import parse_url
+
+    got = bytearray()
+    server_side: Deferred[Any] = Deferred()
+
+    class Sink(protocol.Protocol):
+        def connectionMade(self) -> None:
+            self.transport.pauseProducing()  # read nothing: the client's socket fills
+            server_side.callback(self.transport)
+
+        def dataReceived(self, data: bytes) -> None:
+            got.extend(data)
+
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        protocol.Factory.forProtocol(Sink)
+    )
+    client = AMQPProtocol(parse_url("amqp://guest:guest@127.0.0.1/%2F?connection_timeout=60"), reactor)
+    try:
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), client)
+        sink_transport = await server_side
+        body = hashlib.sha256(b"seed").digest() * (
+            40 * 1024 * 1024 // 32
+        )  # 40 MB: more than the socket takes
+        frames = _codec.publish_frames(1, "", "q", False, {}, body, 131072)
+        assert isinstance(frames, list)
+        client.write_sequence(frames)
+        assert client.transport.dataBuffer or client.transport._tempDataBuffer  # the rest waits
+        small = _codec.publish_frames(1, "", "q", False, {}, b"after", 131072)
+        assert isinstance(small, bytes)
+        client.write(small)
+        expected = _codec.PROTOCOL_HEADER + b"".join(frames) + small
+        sink_transport.resumeProducing()
+        await eventually(lambda: len(got) >= len(expected), timeout=30)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(expected).digest()
+    finally:
+        client.transport.abortConnection()
+        await port.stopListening()
