@@ -67,7 +67,7 @@ MB = 1024 * 1024
 class Settings:
     messages: int = 20_000
     rpc_calls: int = 2_000
-    large_count: int = 50
+    large_count: int = 200
     huge_count: int = 2
     #: seconds one run may take before it counts as failed (a stuck peer must not stall the rest)
     timeout: float = 300
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--rpc-calls", type=int, default=2_000)
-    parser.add_argument("--large-count", type=int, default=50, help="1 MB messages per large-1m run")
+    parser.add_argument("--large-count", type=int, default=200, help="1 MB messages per large-1m run")
     parser.add_argument("--clients", default=",".join(CLIENTS))
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--ceiling", action="store_true", help="also run 2 processes of txmsg at once")
