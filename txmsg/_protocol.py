@@ -54,16 +54,16 @@ _CONN_UPDATE_SECRET_OK = (10, 71)
 #: ticks of silence (each half a heartbeat interval) after which the peer is dead:
 #: three ticks means the silence lasted between 1.5 and 2 intervals.
 MISSED_TICKS = 3
-#: transports whose socket a big message may be written to directly
-_DIRECT_TRANSPORTS = frozenset({tcp.Client})
 
 
-def _idle(transport: Any) -> bool:
+def _idle_tcp(transport: Any) -> bool:
     """
-    A plain TCP transport, connected, with nothing waiting in its buffer.
+    A plain TCP transport (whose socket a big message may be written to
+    directly), connected, with nothing waiting in its buffer.
     """
     return bool(
-        transport.connected
+        type(transport) is tcp.Client
+        and transport.connected
         and not transport.disconnecting
         and not getattr(transport, "TLS", True)
         and not transport.dataBuffer
@@ -214,15 +214,14 @@ class AMQPProtocol(FrameReceiver):
 
     def _frames_received(self, data: bytes) -> None:
         self._received = True
-        if self._body_left or self._body_end_due:
+        more: bytes | memoryview = data
+        if self._body_end_due:  # in a streamed body frame, or just before its end octet
             rest = self._stream_body(data)
             if rest is None:
                 return
-            buf = self._buf
-            buf += rest
-        else:
-            buf = self._buf
-            buf += data
+            more = rest
+        buf = self._buf
+        buf += more
         pos = 0
         n = len(buf)
         channels = self.channels
@@ -387,7 +386,7 @@ class AMQPProtocol(FrameReceiver):
         """
         self._sent = True
         transport = self.transport
-        if type(transport) in _DIRECT_TRANSPORTS and _idle(transport):
+        if _idle_tcp(transport):
             for i, part in enumerate(parts):
                 view = memoryview(part)
                 sent = 0

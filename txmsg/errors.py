@@ -34,6 +34,14 @@ class ChannelError(AMQPError):
     """
 
 
+def names_exchange(reply_text: str, exchange: str) -> bool:
+    """
+    Whether a channel error's text names C{exchange} (RabbitMQ quotes it:
+    "NOT_FOUND - no exchange 'x' in vhost '/'"); never the default exchange.
+    """
+    return bool(exchange) and f"'{exchange}'" in reply_text
+
+
 class NotFound(ChannelError):
     """
     404 NOT_FOUND: the exchange or queue does not exist.

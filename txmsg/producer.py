@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from txmsg._channel import Channel, check_publish
 from txmsg._protocol import AMQPProtocol
 from txmsg.connection import Connection
-from txmsg.errors import ChannelError, TxmsgError
+from txmsg.errors import ChannelError, TxmsgError, names_exchange
 from txmsg.message import Message, encode_message
 
 
@@ -168,7 +168,9 @@ class Producer:
         if mandatory and not self.confirm and self.on_return is None:
             return fail(ValueError("mandatory needs a Producer with confirms or an on_return callback"))
         channel = self._channel
-        if not self.confirm and channel is not None and not self._waiting and self._can_write(channel):
+        now = channel is not None and not self._waiting and self._can_write(channel)
+        if now and not self.confirm:
+            assert channel is not None
             # the fast path of an unconfirmed publish: written now, done now
             try:
                 channel.publish(exchange, routing_key, body, props, mandatory)
@@ -181,7 +183,8 @@ class Producer:
             props["message_id"] = uuid.uuid4().hex
         pending = _Pending(exchange, routing_key, body, props, mandatory)
         try:
-            if channel is not None and not self._waiting and self._can_write(channel):
+            if now:
+                assert channel is not None
                 self._send(channel, pending)
             else:
                 # refuse now what could never be sent, rather than after the wait
@@ -358,7 +361,7 @@ class Producer:
             self._log.warn("publishing channel closed: {error}", error=reason.value)
             text = getattr(reason.value, "reply_text", "")
             unconfirmed = list(self._unconfirmed.values())
-            culprits = [p for p in unconfirmed if p.exchange and f"'{p.exchange}'" in text]
+            culprits = [p for p in unconfirmed if names_exchange(text, p.exchange)]
             for pending in culprits or unconfirmed:
                 self._settle(pending, reason)
             protocol = channel.protocol

@@ -54,7 +54,7 @@ from txmsg.consumer import (
     Reject,
     Requeue,
 )
-from txmsg.errors import ChannelError, NotFound, TxmsgError
+from txmsg.errors import ChannelError, NotFound, TxmsgError, names_exchange
 from txmsg.message import JSON, Message, _is_json, _media_type, encode_payload
 from txmsg.producer import Producer, Unroutable
 from txmsg.topology import Binding, Exchange, Queue
@@ -309,7 +309,6 @@ class _Call:
         "published",
         "routing_key",
         "timer",
-        "written",
     )
 
     def __init__(
@@ -336,8 +335,13 @@ class _Call:
         self.timer: Any = None
         #: the request's publish, until it is written
         self.published: Deferred[None] | None = None
-        #: the request went out on the current (or a lost) publishing channel
-        self.written = False
+
+    @property
+    def written(self) -> bool:
+        """
+        The request went out on the current (or a lost) publishing channel.
+        """
+        return self.published is None
 
 
 class RpcClient:
@@ -396,7 +400,6 @@ class RpcClient:
         if again:
             self._log.info("sending {n} calls in flight again after a reconnect", n=len(again))
         for cid, call in again:
-            call.written = False
             self._send(cid, call, call.deadline - now)
 
     def call(
@@ -487,12 +490,7 @@ class RpcClient:
             expiration=max(1, int(left * 1000)),
             **call.properties,
         )
-        if published.called:  # written at once: the usual case
-            call.published = None
-            call.written = True
-            published.addErrback(self._publish_failed, cid)
-            return
-        call.published = published
+        call.published = published  # until written, at once in the usual case
         published.addCallbacks(
             self._was_written, self._publish_failed, callbackArgs=(call,), errbackArgs=(cid,)
         )
@@ -500,7 +498,6 @@ class RpcClient:
     @staticmethod
     def _was_written(_: None, call: _Call) -> None:
         call.published = None
-        call.written = True
 
     def _publish_failed(self, reason: Failure, cid: str) -> None:
         # the request could not be encoded, or the connection stopped for good
@@ -523,9 +520,9 @@ class RpcClient:
             return
         error = reason.value
         assert isinstance(error, ChannelError)
-        text = getattr(error, "reply_text", "") or str(error)
+        text = error.reply_text
         for cid, call in list(self._calls.items()):
-            if call.written and call.exchange and f"'{call.exchange}'" in text:
+            if call.written and names_exchange(text, call.exchange):
                 self._forget(cid)
                 if not call.deferred.called:
                     call.deferred.errback(NoServer(404, text, call.exchange, call.routing_key))

@@ -40,14 +40,14 @@ async def publish(reactor: Any, p: dict[str, Any], confirm: bool) -> dict[str, A
     return {"cpu": spent, "elapsed": elapsed}
 
 
-async def consume(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
+async def _consume(conn: Any, queue: str, n: int) -> Any:
+    """
+    Consume C{n} messages from C{queue}; return the (running) consumer once they came.
+    """
     from twisted.internet.defer import Deferred
 
-    from txmsg import Connection, Consumer
+    from txmsg import Consumer
 
-    conn = Connection(URL, reactor=reactor)
-    await conn.when_ready()
-    n = p["n"]
     done: Deferred[None] = Deferred()
     count = 0
 
@@ -57,10 +57,19 @@ async def consume(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
         if count == n:
             done.callback(None)
 
-    start, c0 = time.perf_counter(), cpu()
-    consumer = Consumer(conn, p["queue"], handle, prefetch=PREFETCH)
+    consumer = Consumer(conn, queue, handle, prefetch=PREFETCH)
     consumer.startService()
     await done
+    return consumer
+
+
+async def consume(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
+    from txmsg import Connection
+
+    conn = Connection(URL, reactor=reactor)
+    await conn.when_ready()
+    start, c0 = time.perf_counter(), cpu()
+    consumer = await _consume(conn, p["queue"], p["n"])
     elapsed, spent = time.perf_counter() - start, cpu() - c0
     await consumer.stopService()
     await conn.stopService()
@@ -163,9 +172,9 @@ async def e2e_sub(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def large(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
-    from twisted.internet.defer import Deferred, DeferredList
+    from twisted.internet.defer import DeferredList
 
-    from txmsg import Connection, Consumer, Producer
+    from txmsg import Connection, Producer
 
     conn = Connection(URL, reactor=reactor)
     producer = Producer(conn)
@@ -173,18 +182,7 @@ async def large(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
     data = b"x" * p["size"]
     start, c0 = time.perf_counter(), cpu()
     await DeferredList([producer.publish("", p["queue"], data) for _ in range(p["n"])], fireOnOneErrback=True)
-    done: Deferred[None] = Deferred()
-    got = 0
-
-    def handle(message: Any) -> None:
-        nonlocal got
-        got += 1
-        if got == p["n"] + 1:
-            done.callback(None)
-
-    consumer = Consumer(conn, p["queue"], handle, prefetch=PREFETCH)
-    consumer.startService()
-    await done
+    consumer = await _consume(conn, p["queue"], p["n"] + 1)  # the warm-up too
     elapsed, spent = time.perf_counter() - start, cpu() - c0
     await consumer.stopService()
     await conn.stopService()
