@@ -28,7 +28,11 @@ Scenarios:
   consume-10k  N/2 queued 10 KB messages
   publish-10k  N/2 10 KB messages, no confirms: the publisher's peak memory
   large-1m     --large-count 1 MB messages confirmed, then consumed: MB/s
-  large-64m    a few 64 MB messages confirmed, then consumed: MB/s
+  large-16m    --large-count/16 16 MB messages, the same
+  large-64m    --large-count/64 64 MB messages (at least 2), the same
+  large-<N>m   any other size, the same (RabbitMQ's default limit is 128 MB)
+With two sizes of large bodies or more, a line per client gives its MB/s at
+each size and the largest size's over the smallest's: 1.00 is linear.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -58,9 +63,23 @@ SCENARIOS = (
     "consume-10k",
     "publish-10k",
     "large-1m",
+    "large-16m",
     "large-64m",
 )
 MB = 1024 * 1024
+_LARGE = re.compile(r"large-([1-9][0-9]*)m")
+
+
+def large_mb(scenario: str) -> int | None:
+    """
+    The body size in MB of a C{large-<N>m} scenario, else L{None}.
+    """
+    match = _LARGE.fullmatch(scenario)
+    return int(match.group(1)) if match else None
+
+
+def unit(scenario: str) -> str:
+    return "MB/s" if large_mb(scenario) else UNITS.get(scenario, "msg/s")
 
 
 @dataclass
@@ -163,8 +182,9 @@ def measure(client: str, scenario: str, s: Settings) -> Run:
             return Run(calls / r["elapsed"], (r["cpu"] + served["cpu"]) / calls * 1e6, r["maxrss_mb"])
         if scenario == "e2e":
             return end_to_end(client, queue, s)
-        if scenario in ("large-1m", "large-64m"):
-            size, count = (MB, s.large_count) if scenario == "large-1m" else (64 * MB, s.huge_count)
+        mb = large_mb(scenario)
+        if mb:
+            size, count = mb * MB, s.large_count if mb == 1 else max(s.huge_count, s.large_count // mb)
             common.declare(queue)
             r = start(client, "large", {"queue": queue, "n": count, "size": size}).result(s.timeout)
             return Run(count * size / MB / r["elapsed"], r["cpu"] / count * 1e6, r["maxrss_mb"])
@@ -232,7 +252,7 @@ def at_peer_rate(
     )
 
 
-UNITS = {"rpc": "calls/s", "large-1m": "MB/s", "large-64m": "MB/s"}
+UNITS = {"rpc": "calls/s"}
 
 
 def report(
@@ -267,11 +287,33 @@ def report(
                 p99 = statistics.median(r.p99_ms or 0 for r in runs)
                 lat = f"{p50:,.0f} / {p99:,.0f}"
             out.append(
-                f"{scenario:12} {client:14} {rate:>10,.0f} {UNITS.get(scenario, 'msg/s'):8} "
+                f"{scenario:12} {client:14} {rate:>10,.0f} {unit(scenario):8} "
                 f"{lo:>9,.0f}-{hi:<9,.0f} {ratio:>7} {cpu:>10.1f} {rss:>7.0f} {lat:>14}"
             )
         out.append("")
     return "\n".join(out)
+
+
+def by_size(results: dict[tuple[str, str], list[Run]], clients: list[str], scenarios: list[str]) -> str:
+    """
+    Each client's median MB/s at each large body size, and the largest size's
+    over the smallest's (1.00: the time per message grows linearly with size).
+    """
+    sizes = sorted((mb, sc) for sc in scenarios if (mb := large_mb(sc)))
+    if len(sizes) < 2:
+        return ""
+    out = ["large bodies, median MB/s by size (last: largest size over smallest, 1.00 is linear):"]
+    for client in clients:
+        rates = [
+            (mb, statistics.median(r.rate for r in results[(client, sc)]))
+            for mb, sc in sizes
+            if (client, sc) in results
+        ]
+        if len(rates) < 2:
+            continue
+        cells = "  ".join(f"{mb} MB {rate:,.0f}" for mb, rate in rates)
+        out.append(f"  {client:14} {cells}  ({rates[-1][1] / rates[0][1]:.2f})")
+    return "\n".join(out) + "\n"
 
 
 def ceiling(s: Settings, client: str, processes: int) -> str:
@@ -335,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         settings, rounds = Settings(messages=400, rpc_calls=40, large_count=2, huge_count=1, timeout=120), 1
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     scenarios = [c.strip() for c in args.scenarios.split(",") if c.strip()]
-    unknown = [c for c in clients if c not in CLIENTS] + [s for s in scenarios if s not in SCENARIOS]
+    unknown = [c for c in clients if c not in CLIENTS] + [
+        s for s in scenarios if s not in SCENARIOS and not large_mb(s)
+    ]
     if unknown or rounds < 1:
         parser.error(
             f"unknown client or scenario: {', '.join(unknown)}" if unknown else "--rounds must be >= 1"
@@ -357,9 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"round {rnd + 1} {scenario} {client}: FAILED: {e}", file=sys.stderr)
                     continue
                 results.setdefault((client, scenario), []).append(run)
-                unit = UNITS.get(scenario, "msg/s")
                 print(
-                    f"round {rnd + 1} {scenario:12} {client:14} {run.rate:>10,.0f} {unit}",
+                    f"round {rnd + 1} {scenario:12} {client:14} {run.rate:>10,.0f} {unit(scenario)}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -368,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{settings.rpc_calls:,} RPC calls, broker {common.URL.split('@')[-1]}, {os.cpu_count()} CPUs"
     )
     print(report(results, clients, scenarios, rounds))
+    sizes = by_size(results, clients, scenarios)
+    if sizes:
+        print(sizes)
     if "e2e" in scenarios and ("txmsg", "e2e") in results:
         line = at_peer_rate(results, clients, settings, rounds)
         if line:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -34,6 +35,15 @@ _NACK = (60, 120)
 _CANCEL = (60, 30)
 _CLOSE = (20, 40)
 _FLOW = (20, 20)
+
+#: content bodies at least this big are assembled in a buffer the channel keeps
+#: for the next one: glibc gives blocks of 32 MB and more back to the kernel when
+#: they are freed, and faulting a fresh 64 MB of pages in for every message costs
+#: more than the copy out of a kept buffer (measured: 64 MB bodies 2,537 -> 2,133
+#: CPU us/MB, a third fewer page faults)
+KEEP_BUFFER = 16 << 20
+#: ... and frees once no such body has come for this many seconds
+KEEP_FOR = 2.0
 
 
 def _method_name(class_id: int, method_id: int) -> str | None:
@@ -74,6 +84,12 @@ class Channel:
         self._props: dict[str, Any] = {}
         self._parts: list[bytes] = []
         self._remaining = 0
+        #: the kept buffer of a big body (see L{KEEP_BUFFER}), the view being
+        #: filled, how much of it is, and the call that frees the buffer
+        self._big: bytearray | None = None
+        self._into: memoryview | None = None
+        self._filled = 0
+        self._free_big: IDelayedCall | None = None
         self.consumers: dict[str, DeliverCallback] = {}
         self.on_return: Callable[[dict[str, Any], dict[str, Any], bytes], None] | None = None
         self.on_confirm: Callable[[bool, int, bool], None] | None = None
@@ -206,8 +222,32 @@ class Channel:
             self._props = props
             self._remaining = size
             self._parts = []
+            if size >= KEEP_BUFFER:
+                if self._free_big is not None:
+                    self._free_big.cancel()
+                    self._free_big = None
+                if self._big is None or len(self._big) < size:
+                    self._big = None  # the old one goes before the new one comes
+                    self._big = bytearray(size)
+                self._into = memoryview(self._big)[:size]
+                self._filled = 0
 
     def body_received(self, chunk: bytes) -> None:
+        into = self._into
+        if into is not None:
+            end = self._filled + len(chunk)
+            if end < len(into):
+                into[self._filled : end] = chunk
+                self._filled = end
+                return
+            # the last chunk (a longer one, which a broker never sends, is cut to the size)
+            into[self._filled :] = memoryview(chunk)[: len(into) - self._filled]
+            self._into = None
+            body = into.tobytes()
+            into.release()
+            self._free_big = self.protocol.clock.callLater(KEEP_FOR, self._drop_big)
+            self._content_complete(self._props, body)
+            return
         self._parts.append(chunk)
         self._remaining -= len(chunk)
         if self._remaining <= 0:
@@ -239,11 +279,22 @@ class Channel:
             _, d, _ = self._rpc.popleft()
             d.callback((args, props, body))
 
+    def _drop_big(self) -> None:
+        self._free_big = None
+        self._big = None
+
     def _closed(self, reason: Failure) -> None:
         if not self.is_open:
             return
         self.is_open = False
         self.closed_reason = reason
+        if self._free_big is not None:
+            self._free_big.cancel()
+        self._free_big = None
+        if self._into is not None:
+            self._into.release()
+            self._into = None
+        self._big = None
         self.protocol.channel_closed(self)
         rpc, self._rpc = self._rpc, deque()
         for _, d, _name in rpc:

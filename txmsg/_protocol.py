@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import platform
 import struct
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -161,6 +162,9 @@ class AMQPProtocol(FrameReceiver):
         self._body_left = 0
         self._body_channel: Channel | None = None
         self._body_end_due = False
+        #: frames written but not yet handed to the transport: the rest of a big
+        #: message the socket did not take, and whatever was written after it
+        self._pending: deque[bytes | memoryview] = deque()
 
     # ------------------------------------------------------------------
     # transport events
@@ -352,6 +356,7 @@ class AMQPProtocol(FrameReceiver):
         for channel in channels:
             channel._closed(failure)
         self.channels.clear()
+        self._pending.clear()
         if self._closing is not None and not self._closing.called:
             self._closing.callback(None)
         listeners, self._lost_listeners = self._lost_listeners, []
@@ -364,8 +369,11 @@ class AMQPProtocol(FrameReceiver):
 
     def resumeProducing(self) -> None:
         self.writable = True
-        for listener in list(self.flow_listeners):
-            listener()
+        if self._pending:
+            self._drain()
+        if self.writable:
+            for listener in list(self.flow_listeners):
+                listener()
 
     def stopProducing(self) -> None:
         self.writable = False
@@ -375,32 +383,56 @@ class AMQPProtocol(FrameReceiver):
 
     def write(self, data: bytes) -> None:
         self._sent = True
-        self.transport.write(data)
+        if self._pending:
+            self._pending.append(data)
+        else:
+            self.transport.write(data)
 
     def write_sequence(self, parts: list[bytes | memoryview]) -> None:
         """
         Write the frames of a message too big for one frame.  The body's
-        frames are views of it: on a plain TCP connection with nothing buffered
-        they go straight to the socket, not copied; whatever the socket does not
-        take goes to the transport's buffer (copied once, as Twisted wants bytes).
+        frames are views of it, handed to the transport as it takes them
+        (see L{_drain}); until all are, later writes wait behind them and
+        L{writable} stays false.
         """
         self._sent = True
+        waiting = bool(self._pending)
+        self._pending.extend(parts)
+        if not waiting and self.writable:
+            self._drain()
+
+    def _drain(self) -> None:
+        """
+        Hand pending frames to the transport while it takes them.  On a plain
+        TCP connection with nothing buffered they go straight to the socket,
+        not copied.  What the socket does not take goes to the transport a
+        little more than its buffer size at a time: that pauses us, and it
+        resumes us (L{resumeProducing}) once it has sent it, so a big message
+        is never copied whole into the transport's buffer.
+        """
+        pending = self._pending
         transport = self.transport
-        if _idle_tcp(transport):
-            for i, part in enumerate(parts):
-                view = memoryview(part)
-                sent = 0
-                while sent < len(view):
-                    n = transport.writeSomeData(view[sent:])
-                    if not isinstance(n, int) or n <= 0:  # full, or an error the transport reports
-                        break
-                    sent += n
-                if sent < len(view):
-                    rest = [bytes(view[sent:])] + [bytes(p) for p in parts[i + 1 :]]
-                    transport.writeSequence(rest)
-                    return
-            return
-        transport.writeSequence([p if isinstance(p, bytes) else bytes(p) for p in parts])
+        direct = _idle_tcp(transport)
+        limit = getattr(transport, "bufferSize", 65536)
+        while pending and self.writable:
+            if direct:
+                view = memoryview(pending[0])
+                n = transport.writeSomeData(view)
+                if isinstance(n, int) and n > 0:
+                    if n < len(view):
+                        pending[0] = view[n:]
+                    else:
+                        pending.popleft()
+                    continue
+                # the socket is full, or failed: the transport takes it from here
+            chunk: list[bytes] = []
+            size = 0
+            while pending and size <= limit:
+                part = pending.popleft()
+                chunk.append(part if isinstance(part, bytes) else bytes(part))
+                size += len(part)
+            transport.writeSequence(chunk)
+            direct = False
 
     def _send_method(self, name: str, **kwargs: Any) -> None:
         self.write(_codec.method_frame(0, self._methods.by_name[name].encode(kwargs)))
@@ -529,7 +561,7 @@ class AMQPProtocol(FrameReceiver):
                 self.transport.abortConnection()
                 return
         if not self._sent:
-            self.transport.write(_codec.HEARTBEAT_FRAME)
+            self.write(_codec.HEARTBEAT_FRAME)
         self._sent = False
         self._hb_call = self.clock.callLater(self.heartbeat / 2, self._heartbeat_tick)
 

@@ -23,7 +23,7 @@ def test_quick_benchmark_measures_every_scenario(tmp_path: Path) -> None:
     """
     bench.run --quick with txmsg and pika's blocking connection: exit 0, a row
     per (scenario, client) in the table and in the JSON, latencies for e2e,
-    and no queue left behind.
+    a by-size line for the large bodies, and no queue left behind.
     """
     from bench.run import SCENARIOS
 
@@ -50,6 +50,8 @@ def test_quick_benchmark_measures_every_scenario(tmp_path: Path) -> None:
     for scenario in SCENARIOS:
         for client in ("txmsg", "pika-blocking"):
             assert any(r[:2] == [scenario, client] for r in rows), (scenario, client, done.stdout)
+    by_size = done.stdout.split("large bodies, median MB/s by size", 1)[1].splitlines()
+    assert any(line.split()[:3] == ["txmsg", "1", "MB"] and "64 MB" in line for line in by_size)
     import json
 
     runs = json.loads(figures.read_text())

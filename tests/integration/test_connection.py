@@ -234,9 +234,11 @@ async def test_a_big_message_written_to_a_full_socket_keeps_its_bytes_in_order()
     """
     The frames of a big message go straight to the socket while it takes
     them; when a peer that does not read lets it fill, the rest waits in the
-    transport's buffer, and once the peer reads it gets every frame byte for
-    byte, in order, with a message written afterwards behind it.  (No broker:
-    a TCP listener that stops reading.)
+    protocol (the transport's buffer holds about one frame, and the
+    connection is not writable), and once the peer reads it gets every frame
+    byte for byte, in order, with a message written afterwards behind it,
+    and producers waiting for room are woken.  (No broker: a TCP listener
+    that stops reading.)
     """
     from twisted.internet import protocol
     from twisted.internet.defer import Deferred
@@ -269,8 +271,13 @@ async def test_a_big_message_written_to_a_full_socket_keeps_its_bytes_in_order()
         )  # 40 MB: more than the socket takes
         frames = _codec.publish_frames(1, "", "q", False, {}, body, 131072)
         assert isinstance(frames, list)
+        woken: list[bool] = []
+        client.flow_listeners.append(lambda: woken.append(True))
         client.write_sequence(frames)
-        assert client.transport.dataBuffer or client.transport._tempDataBuffer  # the rest waits
+        transport = client.transport
+        held = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        assert 0 < held < 2 * 131072  # the transport holds about a frame; the rest waits
+        assert client._pending and not client.writable
         small = _codec.publish_frames(1, "", "q", False, {}, b"after", 131072)
         assert isinstance(small, bytes)
         client.write(small)
@@ -278,6 +285,7 @@ async def test_a_big_message_written_to_a_full_socket_keeps_its_bytes_in_order()
         sink_transport.resumeProducing()
         await eventually(lambda: len(got) >= len(expected), timeout=30)
         assert hashlib.sha256(got).digest() == hashlib.sha256(expected).digest()
+        assert client.writable and woken
     finally:
         client.transport.abortConnection()
         await port.stopListening()

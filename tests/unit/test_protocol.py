@@ -602,3 +602,171 @@ def test_a_streamed_body_frame_must_end_with_the_frame_end_octet() -> None:
     b.feed(broken[:20_000])
     b.feed(broken[20_000:])
     assert "frame-end" in str(b.protocol._close_error)
+
+
+class PausingTransport(StringTransport):
+    """
+    A transport whose buffer holds C{bufferSize} bytes before it pauses its
+    producer, as Twisted's TCP transport does; L{send} empties it and resumes
+    the producer, as the reactor does once the socket took everything.
+    """
+
+    bufferSize = 65536
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+        self.most = 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.most = max(self.most, len(self.io.getvalue()))
+        if len(self.io.getvalue()) > self.bufferSize and not self.paused:
+            self.paused = True
+            self.producer.pauseProducing()
+
+    def writeSequence(self, seq: Any) -> None:
+        self.write(b"".join(seq))
+
+    def send(self) -> bytes:
+        data = self.value()
+        self.clear()
+        if self.paused:
+            self.paused = False
+            self.producer.resumeProducing()
+        return data
+
+
+def test_a_big_message_goes_to_the_transport_as_it_drains_with_later_writes_behind_it() -> None:
+    """
+    The frames of a big message are handed to the transport a little more
+    than its buffer at a time, each time it has sent what it had: it never
+    holds the message whole.  An ack and a heartbeat written meanwhile come
+    out after the message's last frame, never inside it; the connection is
+    not writable (and wakes no waiting producer) until the last frame is
+    handed over.
+    """
+    transport = PausingTransport()
+    clock = Clock()
+    protocol = AMQPProtocol(parse_url("amqp://guest:guest@broker/%2F?heartbeat=10"), clock, "unit")
+    protocol.makeConnection(transport)
+    b = Broker.__new__(Broker)
+    b.clock, b.transport, b.protocol = clock, transport, protocol
+    b.handshake(heartbeat=10, frame_max=131072)
+    channel_d = protocol.open_channel()
+    b.feed(method(1, "channel.open-ok"))
+    channel = channel_d.result
+    transport.send()
+    out = b""
+    woken: list[bool] = []
+    protocol.flow_listeners.append(lambda: woken.append(protocol.writable))
+
+    body = bytes(range(256)) * (4 * 1024 * 1024 // 256)  # 4 MiB: 33 frames
+    channel.publish("", "q", body, {})
+    assert not protocol.writable
+    channel.ack(7)  # written behind the message
+    clock.advance(10)  # a heartbeat falls due while it goes out
+    clock.advance(5)
+    sends = 0
+    while transport.paused:
+        out += transport.send()
+        sends += 1
+    out += transport.send()
+    assert sends > 30  # handed over in pieces, as the transport drained
+    assert transport.most < transport.bufferSize + 131072 + 100
+    assert protocol.writable and woken == [True]
+    frames = parse_frames(out)
+    names = [payload[0] if ftype == 1 else ftype for ftype, _, payload in frames]
+    assert names[0] == "basic.publish" and names[1] == 2
+    bodies = [payload for ftype, _, payload in frames if ftype == 3]
+    assert b"".join(bodies) == body
+    last_body = max(i for i, (ftype, _, _) in enumerate(frames) if ftype == 3)
+    assert names[last_body + 1 :] == ["basic.ack", 8]  # the ack, then the heartbeat
+    assert all(ftype == 3 for ftype, _, _ in frames[2 : last_body + 1])
+
+
+def test_writes_while_the_transport_is_paused_wait_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A big message written while the transport is paused (its buffer full of
+    small writes) waits whole in the protocol, not in the transport, and goes
+    out once the transport resumes.
+    """
+    transport = PausingTransport()
+    clock = Clock()
+    protocol = AMQPProtocol(parse_url("amqp://guest:guest@broker/%2F"), clock, "unit")
+    protocol.makeConnection(transport)
+    b = Broker.__new__(Broker)
+    b.clock, b.transport, b.protocol = clock, transport, protocol
+    b.handshake(frame_max=131072)
+    channel_d = protocol.open_channel()
+    b.feed(method(1, "channel.open-ok"))
+    channel = channel_d.result
+    transport.send()
+    for i in range(800):
+        channel.publish("", "q", b"x" * 100, {"message_id": str(i)})
+    assert transport.paused and not protocol.writable
+    held = len(transport.value())
+    body = b"y" * 1_000_000
+    channel.publish("", "q", body, {})
+    assert len(transport.value()) == held  # nothing more handed to the full transport
+    out = b""
+    while transport.paused:
+        out += transport.send()
+    out += transport.send()
+    bodies = [payload for ftype, _, payload in parse_frames(out) if ftype == 3]
+    assert bodies[-8:] == [body[i : i + 131064] for i in range(0, len(body), 131064)][-8:]
+    assert b"".join(bodies[800:]) == body
+
+
+def test_big_bodies_are_assembled_in_a_kept_buffer_and_delivered_as_their_own_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    Bodies of KEEP_BUFFER bytes and more are assembled in one buffer the
+    channel keeps for the next such body; each delivered body is its own
+    bytes (the next message does not change it), and the buffer is freed
+    once no big body came for KEEP_FOR seconds, or when the channel closes.
+    """
+    from txmsg import _channel
+
+    monkeypatch.setattr(_channel, "KEEP_BUFFER", 200_000)
+    b = Broker()
+    b.handshake(frame_max=131072)
+    channel_d = b.protocol.open_channel()
+    b.feed(method(1, "channel.open-ok"))
+    channel = channel_d.result
+    got: list[bytes] = []
+    channel.consumers["ctag"] = lambda args, props, body: got.append(body)
+
+    def deliver(tag: int, body: bytes) -> None:
+        data = method(
+            1,
+            "basic.deliver",
+            consumer_tag="ctag",
+            delivery_tag=tag,
+            redelivered=False,
+            exchange="",
+            routing_key="q",
+        )
+        data += b"".join(_codec.content_frames(1, {}, body, 131072))
+        for i in range(0, len(data), 65536):
+            b.feed(data[i : i + 65536])
+
+    first, second, small = b"a" * 300_000, bytes(range(256)) * 1000, b"s" * 1000
+    deliver(1, first)
+    kept = channel._big
+    assert kept is not None and len(kept) >= len(first)
+    deliver(2, second)
+    deliver(3, small)
+    assert channel._big is kept  # the same buffer served both
+    assert got == [first, second, small]
+    assert all(type(body) is bytes for body in got)
+    b.clock.advance(_channel.KEEP_FOR - 0.1)
+    assert channel._big is kept
+    b.clock.advance(0.2)
+    assert channel._big is None
+    deliver(4, first)
+    assert channel._big is not None and got[-1] == first
+    b.feed(method(1, "channel.close", reply_code=406, reply_text="x", class_id=0, method_id=0))
+    assert channel._big is None
+    assert [c.func.__name__ for c in b.clock.getDelayedCalls()] == ["_heartbeat_tick"]
