@@ -1,8 +1,11 @@
 # txmsg developer commands.  The logic lives in scripts/; see scripts/*.sh.
 #
 #   make demo         set everything up (venv, deps, broker) and run the demo
-#   make test         set everything up and run the whole test suite
-#                     (extra pytest arguments: make test PYTEST_ARGS="-k foo")
+#   make test         set everything up and run the whole test suite against RabbitMQ
+#                     3.10 (localhost:5672) and 4.3 (a private node in a Debian sid
+#                     root, scripts/rabbitmq4.sh); one broker: make test BROKERS=4.3
+#                     or BROKERS=local; extra pytest arguments: PYTEST_ARGS="-k foo"
+#   make broker4      start the RabbitMQ 4.3 node on localhost:5673 and leave it running
 #   make lint         ruff + mypy
 #   make bench        txmsg against pika (Twisted and blocking), aio-pika and raw txAMQP on
 #                     the same broker (installs the "bench" extra; BENCH_ARGS="--rounds 10")
@@ -13,6 +16,7 @@
 
 VENV_PY := .venv/bin/python
 PYTEST_ARGS ?=
+BROKERS ?= local 4.3
 
 # When the project runs its own RabbitMQ node, scripts/ensure-broker.sh leaves a
 # 'rabbitmqctl' for that node here; put it first on PATH for the tests and the
@@ -24,7 +28,7 @@ RMQ_BIN := $(CURDIR)/.txmsg/rabbitmq-$(TXMSG_BROKER_PORT)/bin
 endif
 WITH_BROKER_PATH := PATH="$(RMQ_BIN):$$PATH"
 
-.PHONY: all bootstrap demo test lint bench reliability broker broker-stop clean
+.PHONY: all bootstrap demo test lint bench reliability broker broker4 broker-stop clean
 
 all: test
 
@@ -35,7 +39,7 @@ demo: bootstrap
 	$(WITH_BROKER_PATH) bash scripts/demo.sh
 
 test: bootstrap
-	$(WITH_BROKER_PATH) $(VENV_PY) -m pytest -q tests $(PYTEST_ARGS)
+	TXMSG_BROKERS="$(BROKERS)" bash scripts/test.sh $(PYTEST_ARGS)
 
 lint:
 	bash scripts/bootstrap.sh --no-broker
@@ -52,10 +56,15 @@ reliability:
 broker:
 	bash scripts/ensure-broker.sh
 
+broker4:
+	bash scripts/rabbitmq4.sh start
+
 broker-stop:
 	bash scripts/broker-stop.sh
+	bash scripts/rabbitmq4.sh stop
 
 clean:
 	bash scripts/broker-stop.sh --all
-	rm -rf .venv .txmsg build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache twisted/plugins/dropin.cache
+	bash scripts/rabbitmq4.sh stop
+	rm -rf --one-file-system .venv .txmsg build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache twisted/plugins/dropin.cache
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -37,14 +37,14 @@ def _blocking() -> Any:
 
 def declare(queue: str) -> None:
     conn = _blocking()
-    conn.channel().queue_declare(queue)
+    conn.channel().queue_declare(queue, durable=True)
     conn.close()
 
 
 def fill(queue: str, n: int, size: int) -> None:
     conn = _blocking()
     ch = conn.channel()
-    ch.queue_declare(queue)
+    ch.queue_declare(queue, durable=True)
     data = b"x" * size
     for _ in range(n):
         ch.basic_publish("", queue, data)

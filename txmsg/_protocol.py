@@ -30,10 +30,12 @@ from txmsg.errors import (
     AuthenticationError,
     ConnectionClosed,
     ConnectionLost,
+    DeprecatedFeature,
     ProtocolError,
     TLSError,
     TxmsgError,
     VhostNotFound,
+    deprecated_feature,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -529,10 +531,16 @@ class AMQPProtocol(FrameReceiver):
                 f"cannot open virtual host {self.params.vhost!r} at "
                 f"{self.params.host}:{self.params.port}: {text}"
             )
+        elif deprecated_feature(text):
+            # RabbitMQ 4: a request used a feature the broker does not permit
+            error = DeprecatedFeature(code, text)
         else:
             error = ConnectionClosed(code, text)
         self._log.warn(
-            "broker {host} closed the connection: {code} {text}", host=self.params.host, code=code, text=text
+            "broker {host} closed the connection: {code} {text}",
+            host=self.params.host,
+            code=code,
+            text=text.splitlines()[0] if text else text,
         )
         self._close_error = error
         self.transport.loseConnection()

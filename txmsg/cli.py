@@ -42,7 +42,8 @@ Passwords are never printed.
 Exit codes::
 
      0  success (call --gather: at least one reply, none of them an error)
-     1  publish: a message was nacked, returned (--mandatory), or not confirmed
+     1  publish: a message was nacked, returned (--mandatory), not confirmed, or
+        over the broker's max_message_size (the others are still sent)
      2  usage: a bad option, URL, header, property or JSON message
      3  call: no reply within --timeout
      4  call: no queue is bound to the routing key (the request came back)
@@ -83,6 +84,7 @@ from zope.interface import implementer
 from txmsg.connection import Connection
 from txmsg.consumer import Consumer
 from txmsg.errors import (
+    MessageTooLarge,
     NotFound,
     TxmsgError,
     UndecodableMessage,
@@ -283,7 +285,7 @@ def _add_format(parser: argparse.ArgumentParser, *, with_bytes: bool) -> None:
 
 
 _EXIT_CODES = """\
-exit codes: 0 ok; 1 a message nacked, returned or unconfirmed (publish); 2 usage;
+exit codes: 0 ok; 1 a message nacked, returned, unconfirmed or too large (publish); 2 usage;
 3 no reply in time, 4 no server bound, 5 remote error (call); 66 no such queue or
 exchange; 69 no broker within --timeout; 77 login, vhost or permission refused;
 130 Ctrl-C"""
@@ -1026,6 +1028,10 @@ class _Tally:
             self.codes.add(EXIT_FAILED)
         elif isinstance(error, Unroutable):
             self.failures[f"returned: {error}"] += 1
+            self.codes.add(EXIT_FAILED)
+        elif isinstance(error, MessageTooLarge):
+            # that message alone: the others go on
+            self.failures[f"refused: {error}"] += 1
             self.codes.add(EXIT_FAILED)
         else:
             self.failures[f"failed: {_one_line(str(error)) or type(error).__name__}"] += 1

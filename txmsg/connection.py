@@ -31,7 +31,14 @@ from zope.interface import implementer
 
 from txmsg._channel import Channel
 from txmsg._protocol import AMQPProtocol
-from txmsg.errors import ChannelError, ConnectionLost, FatalConnectionError, TxmsgError
+from txmsg.errors import (
+    ChannelError,
+    ConnectionLost,
+    DeprecatedFeature,
+    FatalConnectionError,
+    PreconditionFailed,
+    TxmsgError,
+)
 from txmsg.url import ConnectionParameters, parse_urls
 
 
@@ -41,6 +48,10 @@ class Declarable(Protocol):
 
     C{names} maps queues to the names the broker gave them on this connection, so
     that bindings follow a server-named queue to its new name after a reconnect.
+
+    It may also have C{if_inequivalent()}, which returns what to declare
+    instead when the broker answers 406 (it exists with other properties), or
+    None; and C{describe()}, which names it in error messages.
     """
 
     def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[Any]: ...
@@ -52,6 +63,11 @@ class Deletable(Protocol):
     """
 
     def delete(self, channel: Channel) -> Deferred[Any]: ...
+
+
+def _describe(item: Any) -> str:
+    describe = getattr(item, "describe", None)
+    return describe() if callable(describe) else repr(item)
 
 
 def _safe_urls(params: Sequence[ConnectionParameters]) -> str:
@@ -389,8 +405,24 @@ class Connection(Service):
 
     @inlineCallbacks
     def _declare_one(self, protocol: AMQPProtocol, item: Declarable) -> Any:
+        """
+        Declare C{item} on the control channel; a queue that adopts an
+        existing one falls back to a passive check when the broker says it
+        exists otherwise (406), and a refused deprecated feature says which
+        item asked for it.
+        """
         channel = yield self._control_channel(protocol)
-        result = yield item.declare(channel, self.names)
+        try:
+            result = yield item.declare(channel, self.names)
+        except PreconditionFailed:
+            instead = getattr(item, "if_inequivalent", lambda: None)()
+            if instead is None:
+                raise
+            self._log.info("{item} exists with other properties: using it as it is", item=_describe(item))
+            channel = yield self._control_channel(protocol)
+            result = yield instead.declare(channel, self.names)
+        except DeprecatedFeature as e:
+            raise e.about(_describe(item)) from None
         return result
 
     @inlineCallbacks
@@ -439,7 +471,9 @@ class Connection(Service):
 
         def failed(reason: Failure) -> None:
             self._failures += 1
-            if reason.check(FatalConnectionError):
+            # a refused deprecated feature in the topology replayed on connect
+            # is refused again on every connection: as fatal as a bad password
+            if reason.check(FatalConnectionError, DeprecatedFeature):
                 self._log.error("{url}: {error}", url=protocol.params.safe_url, error=reason.value)
                 self._fatal = reason
                 self._fail_waiters(reason)
@@ -465,9 +499,8 @@ class Connection(Service):
         self._control = None
         self.names.clear()
         for item in list(self.topology):
-            channel = yield self._control_channel(protocol)
             try:
-                yield item.declare(channel, self.names)
+                yield self._declare_one(protocol, item)
             except ChannelError as e:
                 self._log.error("replaying {item} failed: {error}", item=item, error=e)
         # by index: a hook may add hooks (a consumer making a producer), run them too

@@ -24,10 +24,17 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail,
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txmsg._acks import Acks
 from txmsg._channel import Channel
 from txmsg._protocol import AMQPProtocol
 from txmsg.connection import Connection
-from txmsg.errors import ChannelError, TxmsgError, UndecodableMessage
+from txmsg.errors import (
+    ChannelError,
+    DeprecatedFeature,
+    PreconditionFailed,
+    TxmsgError,
+    UndecodableMessage,
+)
 from txmsg.message import Message
 from txmsg.topology import Queue
 
@@ -49,7 +56,12 @@ MAX_RESUME_DELAY = 30.0
 class Requeue(TxmsgError):
     """
     Raise from a handler to put the message back on its queue for another
-    consumer (up to the consumer's redelivery cap; then it is dead-lettered).
+    consumer ("not now").  It goes back with C{basic.nack}, which RabbitMQ 4
+    does not count as a failed delivery: on a quorum queue it uses up neither
+    the broker's delivery limit nor the consumer's C{max_redeliveries}.
+    Elsewhere the cap still applies: RabbitMQ 3's quorum queues count every
+    return, and on other queues a L{Requeue} of a message the broker flags as
+    redelivered dead-letters it.
     """
 
 
@@ -77,94 +89,25 @@ def call_handler(handler: Handler, message: Message) -> Deferred[Any]:
 
 def delivery_count(message: Message) -> int | None:
     """
-    How many times the broker delivered this message before, where the queue
-    counts it (RabbitMQ quorum queues' C{x-delivery-count}); else C{None}.
+    How many times the broker delivered this message before and it failed,
+    where the queue counts it (RabbitMQ quorum queues' C{x-delivery-count});
+    else C{None}.
+
+    RabbitMQ 4 counts in C{x-delivery-count} the deliveries that failed (a
+    reject, or a consumer lost with the message unacked) and in
+    C{x-acquired-count} every delivery, a C{nack} with requeue included; a
+    message that was only ever given back with a nack carries only the
+    latter, so its failed deliveries are 0.  RabbitMQ 3 counts every return
+    in C{x-delivery-count}.
     """
     headers = message.headers
     if headers:
         count = headers.get("x-delivery-count")
         if isinstance(count, int) and not isinstance(count, bool):
             return count
+        if "x-acquired-count" in headers:
+            return 0
     return None
-
-
-class _Acks:
-    """
-    Settles the deliveries of one channel.  Acks wait until the read that
-    brought their deliveries is handled (else until the end of the reactor
-    turn) and then go as one C{multiple} ack for the longest run of
-    settled deliveries from the oldest, and singly for the rest; rejects go at
-    once.  A C{multiple} ack is only sent where every earlier delivery on the
-    channel is settled, so it never acks a message still being handled.
-    """
-
-    def __init__(self, channel: Channel, reactor: Any) -> None:
-        self.channel = channel
-        self.reactor = reactor
-        #: deliveries in handlers or acked but not yet flushed, oldest first: tag -> acked
-        self._open: OrderedDict[int, bool] = OrderedDict()
-        self._acked = 0
-        #: every delivery up to this tag is settled (and none is in _open)
-        self._upto = 0
-        self._call: Any = None
-        self._flush_due = False
-
-    def begin(self, tag: int) -> None:
-        """
-        A delivery goes to an asynchronous handler: it stays open until settled.
-        """
-        self._open[tag] = False
-
-    def ack(self, tag: int) -> None:
-        open_ = self._open
-        if tag in open_ or open_:
-            # behind an open delivery: flushed singly unless that one settles first
-            open_[tag] = True
-            self._acked += 1
-        else:
-            self._upto = tag
-        if not self._flush_due:
-            self._flush_due = True
-            if not self.channel.protocol.call_after_read(self.flush):
-                self._call = self.reactor.callLater(0, self.flush)
-
-    def reject(self, tag: int, requeue: bool) -> None:
-        self._open.pop(tag, None)
-        self.channel.reject(tag, requeue=requeue)
-
-    def flush(self) -> None:
-        self._flush_due = False
-        call, self._call = self._call, None
-        if call is not None and call.active():
-            call.cancel()
-        open_ = self._open
-        last = self._upto
-        self._upto = 0
-        while open_ and self._acked:
-            tag, acked = next(iter(open_.items()))
-            if not acked:
-                break
-            open_.popitem(last=False)
-            self._acked -= 1
-            last = tag
-        if last:
-            self.channel.ack(last, multiple=True)
-        if self._acked:
-            for tag in [t for t, acked in open_.items() if acked]:
-                del open_[tag]
-                self.channel.ack(tag)
-            self._acked = 0
-
-    def discard(self) -> None:
-        """
-        The channel closed: unacked deliveries went back to the queue.
-        """
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        self._flush_due = False
-        self._open.clear()
-        self._acked = self._upto = 0
 
 
 class Consumer(Service):
@@ -244,13 +187,18 @@ class Consumer(Service):
         #: of those, rejected without requeue (dead-lettered) and given back
         self.rejected = 0
         self.requeued = 0
-        self._acks: _Acks | None = None
+        self._acks: Acks | None = None
         #: running asynchronous handlers -> the channel their message came on
         self._in_flight: dict[Deferred[Any], Channel] = {}
         self._backlog: deque[tuple[Channel, dict[str, Any], dict[str, Any], bytes]] = deque()
         self._consuming_waiters: list[Deferred[Consumer]] = []
         self._resume: Any = None
         self._retry_delay = RESUME_DELAY
+        #: what this consumer declares of its own queue: the queue, or (an
+        #: adopting queue that exists otherwise) a passive check of it
+        self._declare_as: Queue | None = queue if isinstance(queue, Queue) else None
+        #: the broker refused the queue for good (a deprecated feature)
+        self._refused: Failure | None = None
 
     @property
     def owns_queue(self) -> bool:
@@ -340,6 +288,8 @@ class Consumer(Service):
         """
         if self.channel is not None and self.channel.is_open and self.consumer_tag:
             return succeed(self)
+        if self._refused is not None:
+            return fail(self._refused)
         d: Deferred[Consumer] = Deferred()
         self._consuming_waiters.append(d)
         return d
@@ -348,17 +298,19 @@ class Consumer(Service):
     # registering with the broker
 
     def _on_ready(self, protocol: AMQPProtocol) -> Deferred[Any]:
+        if self._refused is not None:
+            return succeed(None)  # refused for good: said once, not asked again
         owns = self.owns_queue
 
         def opened(channel: Channel) -> Deferred[Any]:
             self.channel = channel
-            self._acks = _Acks(channel, self.connection.reactor)
+            self._acks = Acks(channel, self.connection.reactor)
             channel.on_cancel = lambda tag: self._cancelled(channel, tag)
             channel.when_closed(lambda reason: self._channel_closed(channel, reason))
             d: Deferred[Any] = succeed(None)
             if owns:
-                assert isinstance(self.queue, Queue)
-                d = self.queue.declare(channel, self.connection.names)
+                assert self._declare_as is not None
+                d = self._declare_as.declare(channel, self.connection.names)
             d.addCallback(
                 lambda _: channel.call(
                     "basic.qos", prefetch_size=0, prefetch_count=self.prefetch, global_=False
@@ -383,6 +335,24 @@ class Consumer(Service):
             return d.addCallback(consuming)
 
         def failed(reason: Failure) -> None:
+            queue = self.queue
+            if owns and isinstance(queue, Queue):
+                instead = queue.if_inequivalent()
+                if reason.check(PreconditionFailed) and instead is not None and self._declare_as is queue:
+                    self._log.info(
+                        "{queue} exists with other properties: using it as it is", queue=queue.describe()
+                    )
+                    self._declare_as = instead
+                    self._schedule_resume()
+                    return
+                if reason.check(DeprecatedFeature):
+                    error = cast(DeprecatedFeature, reason.value)
+                    self._refused = Failure(error.about(queue.describe()))
+                    self._log.error("cannot consume: {error}", error=self._refused.value)
+                    waiters, self._consuming_waiters = self._consuming_waiters, []
+                    for w in waiters:
+                        w.errback(self._refused)
+                    return
             self._log.error(
                 "cannot consume {queue}: {error}; retrying in {delay:g} s",
                 queue=self.queue,
@@ -421,14 +391,15 @@ class Consumer(Service):
     def _cancelled(self, channel: Channel, tag: str) -> None:
         if self.owns_queue:
             self._log.warn(
-                "the broker cancelled consumer {tag} on {queue} (queue deleted?); declaring it again",
+                "the broker cancelled consumer {tag} on {queue} (queue deleted, or a quorum queue's "
+                "consumer_timeout on RabbitMQ 4?); declaring it again and resuming",
                 tag=tag,
                 queue=self.queue,
             )
         else:
             self._log.error(
                 "the broker cancelled consumer {tag} on {queue}, a queue this consumer does not own "
-                "(deleted?); retrying in the background",
+                "(deleted, or a quorum queue's consumer_timeout on RabbitMQ 4?); retrying in the background",
                 tag=tag,
                 queue=self.queue,
             )
@@ -561,7 +532,7 @@ class Consumer(Service):
         while backlog and self.running and (limit is None or len(self._in_flight) < limit):
             self._handle(*backlog.popleft())
 
-    def _reject(self, acks: _Acks, tag: int, requeue: bool) -> None:
+    def _reject(self, acks: Acks, tag: int, requeue: bool) -> None:
         self.consumed += 1
         if requeue:
             self.requeued += 1
@@ -576,7 +547,7 @@ class Consumer(Service):
             if len(seen) > self.dedupe_window:
                 seen.popitem(last=False)
 
-    def _settle(self, acks: _Acks, message: Message, outcome: Any) -> None:
+    def _settle(self, acks: Acks, message: Message, outcome: Any) -> None:
         tag = cast(int, message.delivery_tag)
         if not isinstance(outcome, Failure):
             if self.dedupe_window:

@@ -15,6 +15,7 @@ from typing import Final
 from txmsg.errors import (
     AccessRefused,
     AuthenticationError,
+    DeprecatedFeature,
     FatalConnectionError,
     NotFound,
     ProtocolError,
@@ -23,7 +24,8 @@ from txmsg.errors import (
 )
 
 EXIT_OK: Final = 0
-#: a message was not confirmed, a role could not declare its queue, ...
+#: a message was not confirmed (or over the broker's max_message_size), a role
+#: could not declare its queue, the broker refuses a deprecated feature, ...
 EXIT_FAILED: Final = 1
 #: a bad option, URL, header, property or JSON message
 EXIT_USAGE: Final = 2
@@ -52,6 +54,8 @@ def exit_code_for(error: BaseException) -> int | None:
         return EXIT_PROTOCOL
     if isinstance(error, FatalConnectionError):
         return EXIT_UNAVAILABLE
+    if isinstance(error, DeprecatedFeature):
+        return EXIT_FAILED  # the request must change: not retried, not "unavailable"
     return None
 
 

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from txmsg._channel import Channel, check_publish
 from txmsg._protocol import AMQPProtocol
 from txmsg.connection import Connection
-from txmsg.errors import ChannelError, TxmsgError, names_exchange
+from txmsg.errors import ChannelError, MessageTooLarge, TxmsgError, names_exchange, too_large
 from txmsg.message import Message, encode_message
 
 
@@ -96,6 +96,13 @@ class Producer:
     @param on_return: called with an L{Unroutable} and the message's
         properties for each mandatory message the broker returns on a
         producer without confirms (with confirms, the publish fails instead).
+    @param max_message_size: the broker's C{max_message_size} in bytes, if
+        known: a publish whose body is larger fails at once with
+        L{MessageTooLarge}.  Unknown (the default), the first such body is
+        refused by the broker, which closes the channel: that publish fails
+        with L{MessageTooLarge}, the others caught in flight are published
+        again on a new channel, and the limit the broker named is kept
+        here for the next ones.
     """
 
     _log = Logger()
@@ -108,9 +115,14 @@ class Producer:
         confirm: bool = True,
         on_channel: Callable[[Channel], Deferred[Any] | None] | None = None,
         on_return: Callable[[Unroutable, dict[str, Any]], None] | None = None,
+        max_message_size: int | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
+        if max_message_size is not None and max_message_size < 0:
+            raise ValueError("max_message_size must not be negative")
+        #: the largest body the broker takes, once known (see the class docstring)
+        self.max_message_size = max_message_size
         self.connection = connection
         self.window = window
         self.confirm = confirm
@@ -165,6 +177,10 @@ class Producer:
                 body, props = encode_message(payload, **properties)
         except (TypeError, ValueError) as e:
             return fail(e)
+        limit = self.max_message_size
+        if limit is not None and len(body) > limit:
+            self.failed += 1
+            return fail(MessageTooLarge(len(body), limit))
         if mandatory and not self.confirm and self.on_return is None:
             return fail(ValueError("mandatory needs a Producer with confirms or an on_return callback"))
         channel = self._channel
@@ -264,6 +280,10 @@ class Producer:
             pending = waiting.popleft()
             if pending.deferred.called:  # timed out while it waited
                 continue
+            limit = self.max_message_size
+            if limit is not None and len(pending.body) > limit:  # learnt while it waited
+                self._settle(pending, Failure(MessageTooLarge(len(pending.body), limit)))
+                continue
             try:
                 self._send(channel, pending)
             except (TypeError, ValueError) as e:  # e.g. a smaller frame_max on this node
@@ -362,6 +382,14 @@ class Producer:
             text = getattr(reason.value, "reply_text", "")
             unconfirmed = list(self._unconfirmed.values())
             culprits = [p for p in unconfirmed if names_exchange(text, p.exchange)]
+            oversize = too_large(text)
+            if oversize is not None:
+                # a body over the broker's max_message_size: the first of that
+                # size is the one; remember the limit for the next ones
+                size, limit = oversize
+                self.max_message_size = limit
+                culprits = [p for p in unconfirmed if len(p.body) == size][:1]
+                reason = Failure(MessageTooLarge(size, limit, text))
             for pending in culprits or unconfirmed:
                 self._settle(pending, reason)
             protocol = channel.protocol

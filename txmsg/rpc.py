@@ -185,7 +185,9 @@ class RpcServer(DeclaringService):
         queues: list[Queue | str] = []
         if queue is not None:
             if isinstance(queue, str):
-                queue = Queue(queue)
+                # shared by competing servers: durable if it is missing, used as
+                # it is (classic or quorum) if another program declared it
+                queue = Queue(queue, adopt=True)
             self.topology.append(queue)
             self.topology.extend(Binding(queue, exchange, key) for key in bindings if exchange)
             queues.append(queue)

@@ -28,7 +28,13 @@ from twisted.python.failure import Failure
 from txmsg._declare import DeclaringService
 from txmsg.connection import Connection
 from txmsg.consumer import DEFAULT_PREFETCH, Consumer, Handler
-from txmsg.errors import ConnectionLost, FatalConnectionError, PreconditionFailed, TxmsgError
+from txmsg.errors import (
+    ConnectionLost,
+    DeprecatedFeature,
+    FatalConnectionError,
+    PreconditionFailed,
+    TxmsgError,
+)
 from txmsg.exits import EXIT_FAILED, EXIT_UNAVAILABLE, exit_code_for
 from txmsg.message import Message
 from txmsg.peers import PeerGroup
@@ -43,7 +49,7 @@ _log = Logger(namespace="txmsg")
 
 #: which of our flags sets a queue property the broker may call inequivalent
 _FLAG_OF_ARG = {
-    "durable": "--durable",
+    "durable": "--durable/--transient",
     "x-queue-type": "--quorum",
     "x-dead-letter-exchange": "--dead-letter",
     "exclusive": "(exclusive)",
@@ -124,7 +130,13 @@ class Options(usage.Options):
             float,
         ],
         # consumer / rpc-server
-        ["queue", "q", None, "Queue to consume (declared with exactly the flags given)."],
+        [
+            "queue",
+            "q",
+            None,
+            "Queue to consume: used as it is if it exists and no queue flag is given, else declared "
+            "(durable by default) with exactly the flags given.",
+        ],
         ["exchange", "e", None, "Exchange to bind the queue to (declared)."],
         ["exchange-type", None, "direct", "Type of --exchange: " + "|".join(EXCHANGE_TYPES) + "."],
         ["match", None, "all", "For headers exchanges: all|any of the --bind-header pairs."],
@@ -142,7 +154,17 @@ class Options(usage.Options):
         ["max-body", None, 1048576, "producer: largest request body in bytes (larger: 413).", int],
     ]
     optFlags = [
-        ["durable", None, "Declare the queue durable (fanout: keep this peer's queue while it is away)."],
+        [
+            "durable",
+            None,
+            "Declare the queue durable, as by default (fanout: keep this peer's queue while it is away; "
+            "also makes --exchange durable).",
+        ],
+        [
+            "transient",
+            None,
+            "Declare the queue transient (not durable); RabbitMQ 4 may refuse that for a shared queue.",
+        ],
         ["quorum", None, "Declare a quorum queue (x-queue-type quorum; durable)."],
         ["ignore-self", None, "fanout: do not hear this peer's own shouts."],
     ]
@@ -205,6 +227,8 @@ class Options(usage.Options):
             raise usage.UsageError("--prefetch must be between 0 and 65535")
         if self["concurrency"] is not None and self["concurrency"] < 1:
             raise usage.UsageError("--concurrency must be at least 1")
+        if self["transient"] and (self["durable"] or self["quorum"]):
+            raise usage.UsageError("--transient contradicts --durable and --quorum")
         getattr(self, "_check_" + role.replace("-", "_"))()
         default = echo if role == "rpc-server" else log_message
         self["handler_callable"] = resolve_handler(self["handler"]) if self["handler"] else default
@@ -262,10 +286,18 @@ def resolve_handler(spec: str) -> Handler:
 # building the services
 
 
+#: the options that shape a queue: given any, it is declared exactly so
+QUEUE_FLAGS = ("durable", "transient", "quorum", "dead-letter", "args")
+
+
 def queue_from(options: Options) -> Queue:
     """
-    The queue exactly as the options declare it: a named queue with the flags
-    given, or (no --queue) a server-named exclusive subscriber queue.
+    The queue the options ask for: (no --queue) a server-named exclusive
+    subscriber queue; else a named queue, durable unless --transient.
+    Without any queue flag (L{QUEUE_FLAGS}) an existing queue is used as it
+    is, whatever its flags ("consume hello" means the queue that is there);
+    with flags it is declared exactly so, and a queue that exists otherwise
+    is an error naming the flag.
     """
     args: dict[str, Any] = dict(options["args"])
     if options["quorum"]:
@@ -274,8 +306,8 @@ def queue_from(options: Options) -> Queue:
         args["x-dead-letter-exchange"] = options["dead-letter"]
     if not options["queue"]:
         return Queue("", exclusive=True, auto_delete=True, arguments=args)
-    durable = bool(options["durable"] or options["quorum"])
-    return Queue(options["queue"], durable=durable, arguments=args)
+    shaped = any(options[flag] for flag in QUEUE_FLAGS)
+    return Queue(options["queue"], durable=not options["transient"], arguments=args, adopt=not shaped)
 
 
 def bindings_from(options: Options, queue: Queue) -> list[Any]:
@@ -301,6 +333,10 @@ def explain(reason: Failure) -> str:
     names the queue property that differs.
     """
     error = reason.value
+    if isinstance(error, DeprecatedFeature):
+        if error.feature == "transient_nonexcl_queues":
+            return f"{error} (drop --transient: queues are durable by default)"
+        return str(error)
     if isinstance(error, PreconditionFailed):
         text = error.reply_text
         for arg, flag in _FLAG_OF_ARG.items():
@@ -365,7 +401,7 @@ def watch_startup(
         status.fail(reactor, code, f"txmsg: cannot start: {explain(reason)}")
 
     def connection_failed(reason: Failure) -> None:
-        if reason.check(FatalConnectionError):
+        if reason.check(FatalConnectionError, DeprecatedFeature):
             fatal(reason)
 
     ready = connection.when_ready()

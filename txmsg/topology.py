@@ -4,13 +4,19 @@ Topology as data: exchanges, queues and bindings are small immutable values.
 Give them to L{txmsg.connection.Connection.declare}: they are declared at once and
 again after every reconnect.  A server-named queue (L{Queue} with no name) gets a
 new name from the broker on each connection, and bindings that refer to it follow.
+
+Queues default to what RabbitMQ 4 accepts and a RabbitMQ expert would choose: a
+named queue is durable (shared queues outlive a broker restart), a server-named
+one is exclusive (a process's own, gone with its connection).  A transient
+non-exclusive queue is only declared when asked for exactly
+(C{Queue(name, durable=False)}); RabbitMQ 4.3 as upstream ships refuses it.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred
@@ -78,19 +84,34 @@ class Exchange:
 class Queue:
     """
     A queue.  With no name, the broker names it (and names it anew after each
-    reconnect); such a queue is usually C{exclusive}.
+    reconnect).
+
+    @ivar durable: whether it survives a broker restart; by default a queue
+        is durable unless it is exclusive.
+    @ivar exclusive: whether only this connection may use it (and it goes
+        with the connection); by default a server-named queue is exclusive
+        and a named one is not.
+    @ivar adopt: if the queue already exists with other flags or arguments,
+        use it as it is (a passive declare) instead of failing with 406
+        PRECONDITION_FAILED; it is declared with these flags only when
+        missing.  For a queue that other programs declare their own way.
     """
 
     name: str = ""
-    durable: bool = False
-    exclusive: bool = False
+    durable: bool | None = None
+    exclusive: bool | None = None
     auto_delete: bool = False
     passive: bool = False
     arguments: Mapping[str, Any] = field(default_factory=dict, hash=False)
     #: tells server-named queues apart (two server-named queues are two queues)
     token: str = field(default="", repr=False)
+    adopt: bool = False
 
     def __post_init__(self) -> None:
+        if self.exclusive is None:
+            object.__setattr__(self, "exclusive", not self.name)
+        if self.durable is None:
+            object.__setattr__(self, "durable", not self.exclusive)
         if not self.name and not self.token:
             object.__setattr__(self, "token", uuid.uuid4().hex)
 
@@ -117,6 +138,29 @@ class Queue:
             return names[self]
         except KeyError:
             raise LookupError("this server-named queue has not been declared yet") from None
+
+    def if_inequivalent(self) -> Queue | None:
+        """
+        What to declare instead when the broker says this queue exists with
+        other properties (406): with C{adopt}, a passive check that it exists;
+        else None (the declaration fails).
+        """
+        return replace(self, passive=True, adopt=False) if self.adopt and not self.passive else None
+
+    def describe(self) -> str:
+        """
+        The queue and its flags, for messages: C{queue 'hello' (durable, classic)}.
+        """
+        flags = ["durable" if self.durable else "transient"]
+        if self.exclusive:
+            flags.append("exclusive")
+        if self.auto_delete:
+            flags.append("auto-delete")
+        kind = self.arguments.get("x-queue-type")
+        if kind:
+            flags.append(str(kind))
+        name = repr(self.name) if self.name else "(server-named)"
+        return f"queue {name} ({', '.join(flags)})"
 
     def delete(self, channel: Channel, if_unused: bool = False, if_empty: bool = False) -> Deferred[Any]:
         """

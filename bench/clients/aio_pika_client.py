@@ -67,7 +67,7 @@ async def rpc_server(p: dict[str, Any]) -> dict[str, Any]:
     import aio_pika
 
     conn, ch = await _connect(confirms=False)
-    queue = await ch.declare_queue(p["queue"])
+    queue = await ch.declare_queue(p["queue"], durable=True)
     await ch.set_qos(prefetch_count=PREFETCH)
     print("READY", flush=True)
     c0 = cpu()
@@ -132,7 +132,7 @@ async def e2e_pub(p: dict[str, Any]) -> dict[str, Any]:
 
 async def e2e_sub(p: dict[str, Any]) -> dict[str, Any]:
     conn, ch = await _connect()
-    await ch.declare_queue(p["queue"])
+    await ch.declare_queue(p["queue"], durable=True)
     latencies: list[float] = []
     print("READY", flush=True)
     c0 = cpu()

@@ -66,7 +66,7 @@ def rpc_server(p: dict[str, Any]) -> dict[str, Any]:
     import pika
 
     conn, ch = _connect()
-    ch.queue_declare(p["queue"])
+    ch.queue_declare(p["queue"], durable=True)
     ch.basic_qos(prefetch_count=PREFETCH)
     print("READY", flush=True)
     c0 = cpu()
@@ -120,7 +120,7 @@ def e2e_pub(p: dict[str, Any]) -> dict[str, Any]:
 
 def e2e_sub(p: dict[str, Any]) -> dict[str, Any]:
     conn, ch = _connect()
-    ch.queue_declare(p["queue"])
+    ch.queue_declare(p["queue"], durable=True)
     latencies: list[float] = []
     print("READY", flush=True)
     c0 = cpu()

@@ -80,7 +80,7 @@ async def rpc_server(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
     import pika
 
     conn, ch = await _connect(reactor)
-    await ch.queue_declare(queue=p["queue"])
+    await ch.queue_declare(queue=p["queue"], durable=True)
     await ch.basic_qos(prefetch_count=PREFETCH)
     queue_object, _tag = await ch.basic_consume(queue=p["queue"], auto_ack=False)
     print("READY", flush=True)
@@ -134,7 +134,7 @@ async def e2e_pub(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
 
 async def e2e_sub(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
     conn, ch = await _connect(reactor)
-    await ch.queue_declare(queue=p["queue"])
+    await ch.queue_declare(queue=p["queue"], durable=True)
     latencies: list[float] = []
     print("READY", flush=True)
     c0 = cpu()

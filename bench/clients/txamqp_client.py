@@ -109,7 +109,7 @@ async def rpc_server(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
     from txamqp.content import Content
 
     conn, ch = await _connect(reactor)
-    await ch.queue_declare(queue=p["queue"])
+    await ch.queue_declare(queue=p["queue"], durable=True)
     await ch.basic_qos(prefetch_count=PREFETCH)
     reply = await ch.basic_consume(queue=p["queue"], no_ack=False)
     deliveries = await conn.queue(reply.consumer_tag)
@@ -168,7 +168,7 @@ async def e2e_pub(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
 
 async def e2e_sub(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
     conn, ch = await _connect(reactor)
-    await ch.queue_declare(queue=p["queue"])
+    await ch.queue_declare(queue=p["queue"], durable=True)
     latencies: list[float] = []
     print("READY", flush=True)
     c0 = cpu()

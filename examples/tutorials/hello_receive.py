@@ -28,7 +28,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             enough.callback(None)
 
     # txmsg acks each message once its handler has returned
-    consumer = Consumer(connection, Queue(args.queue), on_message)
+    consumer = Consumer(connection, Queue.quorum(args.queue), on_message)
     consumer.startService()
     # Ctrl-C, SIGTERM or the end of main: stop consuming, then close the connection
     reactor.addSystemEventTrigger("before", "shutdown", consumer.stopService)

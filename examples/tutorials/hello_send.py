@@ -17,7 +17,8 @@ from txmsg import Connection, Producer, Queue
 async def main(reactor: Any, args: argparse.Namespace) -> None:
     connection = Connection(args.url, reactor=reactor)
     try:
-        await connection.declare(Queue(args.queue))
+        # as the tutorial declares it today: a durable quorum queue
+        await connection.declare(Queue.quorum(args.queue))
         # the default exchange ("") routes a message to the queue named by its routing key;
         # publish() fires once the broker has confirmed the message
         await Producer(connection).publish("", args.queue, args.message)

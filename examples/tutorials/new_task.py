@@ -20,7 +20,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     connection = Connection(args.url, reactor=reactor)
     try:
         # a durable queue and persistent messages: both are needed to outlive a restart
-        await connection.declare(Queue(args.queue, durable=True))
+        await connection.declare(Queue.quorum(args.queue))
         await Producer(connection).publish("", args.queue, message, persistent=True)
         print(f" [x] Sent {message!r}")
     finally:

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
-from txmsg import Connection, Message, RpcServer
+from txmsg import Connection, Message, Queue, RpcServer
 
 
 def fib(n: int) -> int:
@@ -38,7 +38,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         # the return value is the reply, sent to the request's reply_to with its correlation_id
         return str(fib(n))
 
-    server = RpcServer(connection, args.queue, on_request, prefetch=1)
+    server = RpcServer(connection, Queue.quorum(args.queue), on_request, prefetch=1)
     server.startService()
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.addSystemEventTrigger("before", "shutdown", connection.stopService)

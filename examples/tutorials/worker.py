@@ -32,7 +32,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         # returning acks the task; had this process died, the broker would give it to another worker
 
     # prefetch=1: the broker sends this worker no new task until it has acked the last one
-    consumer = Consumer(connection, Queue(args.queue, durable=True), on_task, prefetch=1)
+    consumer = Consumer(connection, Queue.quorum(args.queue), on_task, prefetch=1)
     consumer.startService()
     reactor.addSystemEventTrigger("before", "shutdown", consumer.stopService)
     reactor.addSystemEventTrigger("before", "shutdown", connection.stopService)

@@ -3,6 +3,13 @@ One suite of broker behaviours, run twice: against txmsg.testing's in-memory
 broker and against the real RabbitMQ.  A test gets C{broker}, an L{Env} that
 hides the difference: it makes connections, waits for Deferreds (pumping the
 memory broker, or letting the reactor run) and for conditions.
+
+C{make test} runs the suite once per RabbitMQ (3.10 and 4.3); the memory
+broker is made to behave as the RabbitMQ under test does (C{version}), so
+each case runs against memory, 3.10 and 4.3.  A case about a behaviour that
+only some versions have says so with C{@pytest.mark.rabbitmq(since="4.0")}
+or C{(before="4.0")}; a case whose expectation depends on the version reads
+C{broker.version}.
 """
 
 from __future__ import annotations
@@ -18,7 +25,15 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from txmsg import Connection
 from txmsg.testing import MemoryBroker
 
+from .. import broker as test_broker
 from ..integration.conftest import BROKER_URL, eventually, sleep
+
+
+def _version() -> tuple[int, int]:
+    try:
+        return test_broker.version()
+    except Exception:
+        return (4, 3)
 
 
 class Env:
@@ -26,11 +41,22 @@ class Env:
     A broker for one conformance test: C{kind} is "memory" or "rabbitmq".
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, version: tuple[int, int]) -> None:
         self.kind = kind
-        self.memory = MemoryBroker() if kind == "memory" else None
+        #: the RabbitMQ (major, minor) this case runs against, or imitates
+        self.version = version
+        self.memory = MemoryBroker(version=f"{version[0]}.{version[1]}") if kind == "memory" else None
         self.connections: list[Connection] = []
         self.names: list[str] = []
+
+    def denies_transient_queues(self) -> bool:
+        """
+        Whether this broker refuses new transient non-exclusive queues
+        (RabbitMQ 4.3 as upstream ships it; the memory broker imitating 4.x).
+        """
+        if self.memory is not None:
+            return self.memory.state.deny_transient_queues
+        return test_broker.denies_transient_queues()
 
     def name(self, prefix: str) -> str:
         name = f"txmsg-conf-{prefix}-{uuid.uuid4().hex[:8]}"
@@ -108,9 +134,22 @@ class Env:
                 await d
 
 
+def _parse(text: str) -> tuple[int, int]:
+    major, minor = (int(n) for n in text.split("."))
+    return major, minor
+
+
 @pytest.fixture(params=["memory", "rabbitmq"])
 def broker(request: pytest.FixtureRequest) -> Iterator[Env]:
-    env = Env(request.param)
+    version = _version()
+    marker = request.node.get_closest_marker("rabbitmq")
+    if marker is not None:
+        since, before = marker.kwargs.get("since"), marker.kwargs.get("before")
+        if since and version < _parse(since):
+            pytest.skip(f"a RabbitMQ {since} and later behaviour (this run: {version[0]}.{version[1]})")
+        if before and version >= _parse(before):
+            pytest.skip(f"a behaviour of RabbitMQ before {before} (this run: {version[0]}.{version[1]})")
+    env = Env(request.param, version)
     yield env
     pytest_twisted.blockon(ensureDeferred(env.cleanup()))
 

@@ -1,14 +1,12 @@
 """
-Integration test support: the real broker on localhost:5672 (or $TXMSG_TEST_URL),
-a pika peer run in threads, and rabbitmqctl for what the broker holds.
+Integration test support: the real broker (L{tests.broker}: localhost:5672 or
+$TXMSG_TEST_URL), a pika peer run in threads, and rabbitmqctl for what the
+broker holds.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +20,9 @@ from twisted.internet.threads import deferToThread
 
 from txmsg import Connection
 
-BROKER_URL = os.environ.get("TXMSG_TEST_URL", "amqp://guest:guest@localhost:5672/%2F")
+from .. import broker
+from ..broker import URL as BROKER_URL
+from ..broker import rabbitmqctl
 
 
 def unique(prefix: str = "t") -> str:
@@ -92,6 +92,33 @@ def pika_peer() -> PikaPeer:
     return PikaPeer()
 
 
+#: what the big-body tests need: RabbitMQ 3's default limit (128 MiB)
+BIG_MESSAGE_SIZE = 128 << 20
+
+
+@pytest.fixture(scope="session")
+def big_messages_url() -> Iterator[str]:
+    """
+    The URL of a broker that takes bodies up to 128 MiB: the test broker on
+    RabbitMQ 3 (its default), else a private node of the test's RabbitMQ
+    configured with C{max_message_size} 128 MiB (RabbitMQ 4 takes 16 MiB by
+    default, as the test broker is left).
+    """
+    if not broker.at_least(4):
+        yield BROKER_URL
+        return
+    from .nodes import RabbitNode, scratch
+
+    config = f"max_message_size = {BIG_MESSAGE_SIZE}\n"
+    node = RabbitNode(scratch("big"), f"txmsg-{unique('big')[-6:]}", config=config)
+    node.start()
+    try:
+        node.wait()
+        yield node.url
+    finally:
+        node.stop()
+
+
 @pytest.fixture
 def connection() -> Iterator[Connection]:
     """
@@ -103,11 +130,6 @@ def connection() -> Iterator[Connection]:
         from pytest_twisted import blockon
 
         blockon(conn.stopService())
-
-
-def rabbitmqctl(*args: str) -> str:
-    exe = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
-    return subprocess.run([exe, *args], check=True, capture_output=True, text=True, timeout=60).stdout
 
 
 def connection_pids(connection_name: str) -> list[str]:
@@ -140,6 +162,19 @@ def sleep(seconds: float) -> Deferred[None]:
     from twisted.internet.task import deferLater
 
     return deferLater(reactor, seconds, lambda: None)
+
+
+__all__ = [
+    "BIG_MESSAGE_SIZE",
+    "BROKER_URL",
+    "PikaPeer",
+    "big_messages_url",
+    "close_connection",
+    "eventually",
+    "rabbitmqctl",
+    "sleep",
+    "unique",
+]
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:

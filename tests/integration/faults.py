@@ -1,7 +1,7 @@
 """
 A fault-injecting TCP proxy written with Twisted, for the fault-injection tests.
 
-    proxy = FaultProxy(reactor, "127.0.0.1", 5672)
+    proxy = FaultProxy(reactor, broker.HOST, broker.PORT)   # tests.broker
     port = await proxy.start()          # clients connect to 127.0.0.1:port
     proxy.cut_all()                     # abort every proxied connection, both legs
     proxy.refuse = True                 # close new connections at once

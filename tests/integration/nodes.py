@@ -5,18 +5,45 @@ restart brokers: each node has its own ports, data, logs and Erlang cookie
 /usr/lib/rabbitmq/bin (the /usr/sbin wrappers switch user and write to the
 main node's log).  Only processes started here are ever signalled, by the PID
 their node wrote.
+
+Nodes run where L{tests.broker.NODES} says: on the host's C{rabbitmq-server}
+package, or inside the Debian sid root of C{scripts/rabbitmq4.sh} (RabbitMQ 4),
+where every command goes through that script's C{run} (a private mount
+namespace and chroot) and the nodes share the root's epmd.  A node's files
+then live inside the root; L{RabbitNode.inside} gives a path as the node sees it.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
+from ..broker import NODES
+
 BIN = Path("/usr/lib/rabbitmq/bin")
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "rabbitmq4.sh"
+#: the sid root when nodes run in it, else None
+SID_ROOT: Path | None = (
+    Path(os.environ.get("TXMSG_RABBITMQ4_ROOT", Path(__file__).resolve().parents[2] / ".txmsg" / "sid"))
+    if NODES == "rabbitmq4"
+    else None
+)
+
+
+#: RabbitMQ 4 nodes run as upstream 4.3 ships (Debian's build permits both)
+UPSTREAM_4_3 = (
+    "deprecated_features.permit.transient_nonexcl_queues = false\n"
+    "deprecated_features.permit.global_qos = false\n"
+    if SID_ROOT is not None
+    else ""
+)
 
 
 def free_port() -> int:
@@ -28,7 +55,39 @@ def free_port() -> int:
 
 
 def available() -> bool:
+    if SID_ROOT is not None:
+        return (SID_ROOT / str(BIN).lstrip("/") / "rabbitmq-server").exists()
     return (BIN / "rabbitmq-server").exists()
+
+
+def scratch(prefix: str) -> Path:
+    """
+    A new empty directory for private nodes' files, where those nodes can
+    read it (inside the sid root for RabbitMQ 4); removed when the tests end.
+    """
+    parent = None
+    if SID_ROOT is not None:
+        parent = SID_ROOT / "txmsg" / "tests"
+        parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=parent))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def _command(exe: str, *args: str) -> list[str]:
+    if SID_ROOT is None:
+        return [str(BIN / exe), *args]
+    return ["bash", str(SCRIPT), "run", str(BIN / exe), *args]
+
+
+_epmd_checked = False
+
+
+def _ensure_epmd() -> None:
+    global _epmd_checked
+    if SID_ROOT is not None and not _epmd_checked:
+        subprocess.run(["bash", str(SCRIPT), "epmd"], check=True, capture_output=True, timeout=60)
+        _epmd_checked = True
 
 
 class RabbitNode:
@@ -38,8 +97,9 @@ class RabbitNode:
 
     def __init__(self, base: Path, name: str, home: Path | None = None, config: str = "") -> None:
         """
+        @param base: a directory from L{scratch}.
         @param config: more lines for the node's C{rabbitmq.conf} (e.g. a TLS
-            listener).
+            listener; paths in it as L{inside} gives them).
         """
         self.name = name
         self.node = f"{name}@localhost"
@@ -56,34 +116,56 @@ class RabbitNode:
             cookie.chmod(0o400)
         (self.base / "enabled_plugins").write_text("[].\n")
         (self.base / "rabbitmq-env.conf").write_text("")
-        (self.base / "rabbitmq.conf").write_text("loopback_users = none\n" + config)
+        (self.base / "rabbitmq.conf").write_text("loopback_users = none\n" + UPSTREAM_4_3 + config)
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
 
+    @staticmethod
+    def inside(path: Path) -> str:
+        """
+        C{path} (on the host) as the node sees it.
+        """
+        if SID_ROOT is None:
+            return str(path)
+        return "/" + str(Path(path).resolve().relative_to(SID_ROOT.resolve()))
+
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
+        if SID_ROOT is None:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
+        else:
+            # a clean environment inside the root; the script's own settings
+            env = {
+                "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                "LANG": "C.UTF-8",
+                "TXMSG_RABBITMQ4_ROOT": str(SID_ROOT),
+                "ERL_EPMD_PORT": os.environ.get("TXMSG_RABBITMQ4_EPMD_PORT", "4371"),
+                "ERL_EPMD_ADDRESS": "127.0.0.1",
+            }
+            if "TXMSG_RABBITMQ4_EPMD_PORT" in os.environ:
+                env["TXMSG_RABBITMQ4_EPMD_PORT"] = os.environ["TXMSG_RABBITMQ4_EPMD_PORT"]
+        inside = self.inside
         env.update(
-            HOME=str(self.home),
+            HOME=inside(self.home),
             RABBITMQ_NODENAME=self.node,
             RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
             RABBITMQ_NODE_PORT=str(self.port),
             RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_MNESIA_BASE=str(self.base / "mnesia"),
-            RABBITMQ_LOG_BASE=str(self.base / "log"),
-            RABBITMQ_PID_FILE=str(self.pid_file),
-            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.base / "enabled_plugins"),
-            RABBITMQ_CONF_ENV_FILE=str(self.base / "rabbitmq-env.conf"),
-            RABBITMQ_CONFIG_FILE=str(self.base / "rabbitmq"),
+            RABBITMQ_MNESIA_BASE=inside(self.base / "mnesia"),
+            RABBITMQ_LOG_BASE=inside(self.base / "log"),
+            RABBITMQ_PID_FILE=inside(self.pid_file),
+            RABBITMQ_ENABLED_PLUGINS_FILE=inside(self.base / "enabled_plugins"),
+            RABBITMQ_CONF_ENV_FILE=inside(self.base / "rabbitmq-env.conf"),
+            RABBITMQ_CONFIG_FILE=inside(self.base / "rabbitmq"),
             RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
-            ERL_CRASH_DUMP=str(self.base / "log" / "erl_crash.dump"),
+            ERL_CRASH_DUMP=inside(self.base / "log" / "erl_crash.dump"),
         )
         return env
 
     def ctl(self, *args: str, timeout: float = 120) -> str:
         return subprocess.run(
-            [str(BIN / "rabbitmqctl"), "-n", self.node, *args],
+            _command("rabbitmqctl", "-n", self.node, *args),
             env=self.env(),
             check=True,
             capture_output=True,
@@ -96,8 +178,9 @@ class RabbitNode:
         Start the node detached; L{wait} for it.
         """
         self.pid_file.unlink(missing_ok=True)
+        _ensure_epmd()
         subprocess.run(
-            [str(BIN / "rabbitmq-server"), "-detached"],
+            _command("rabbitmq-server", "-detached"),
             env=self.env(),
             check=True,
             timeout=60,
@@ -109,7 +192,7 @@ class RabbitNode:
         deadline = time.monotonic() + 30
         while not self.pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        self.ctl("wait", str(self.pid_file), "--timeout", str(timeout), timeout=timeout + 10)
+        self.ctl("wait", self.inside(self.pid_file), "--timeout", str(timeout), timeout=timeout + 10)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with socket.socket() as s:
@@ -117,6 +200,25 @@ class RabbitNode:
                     return
             time.sleep(0.1)
         raise RuntimeError(f"{self.node} does not accept AMQP on {self.port}")
+
+    def version(self) -> tuple[int, int]:
+        """
+        The node's RabbitMQ (major, minor) version.
+        """
+        out = self.ctl("eval", "rabbit_misc:version().").strip().strip('"')
+        major, minor = (int(n) for n in out.split(".")[:2])
+        return major, minor
+
+    def flush_metadata(self) -> None:
+        """
+        Make the node's metadata (queues, exchanges, bindings declared so far)
+        survive a C{kill -9}.  RabbitMQ 3 keeps it in Mnesia, whose log is
+        written out by C{mnesia:dump_log()}; RabbitMQ 4 keeps it in Khepri,
+        which answers a declaration only once the change is in its Raft log,
+        synced to disk: nothing is left to flush, and Mnesia is not running.
+        """
+        if self.version() < (4, 0):
+            self.ctl("eval", "mnesia:dump_log().")
 
     def pid(self) -> int | None:
         try:
@@ -145,7 +247,7 @@ class RabbitNode:
         if pid is None:
             return
         try:
-            self.ctl("stop", str(self.pid_file), timeout=60)
+            self.ctl("stop", self.inside(self.pid_file), timeout=60)
         except (subprocess.SubprocessError, OSError):
             try:
                 os.kill(pid, signal.SIGKILL)

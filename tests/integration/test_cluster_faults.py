@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -21,7 +20,7 @@ from twisted.internet.threads import deferToThread
 from txmsg import Connection, Consumer, Producer, Queue
 
 from .conftest import eventually, unique
-from .nodes import RabbitNode, available
+from .nodes import RabbitNode, available, scratch
 from .report import Tally, record, scaled
 
 pytestmark = [
@@ -32,8 +31,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RabbitNode]]:
-    base = Path(tmp_path_factory.mktemp("cluster"))
+def cluster() -> Iterator[list[RabbitNode]]:
+    base = scratch("cluster")
     tag = unique("c")[-5:]
     nodes = [RabbitNode(base, f"txmsg-{tag}-{i}") for i in range(3)]
     with ThreadPoolExecutor(3) as pool:

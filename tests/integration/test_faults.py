@@ -16,6 +16,7 @@ from twisted.internet.task import LoopingCall, deferLater
 
 from txmsg import Binding, Connection, Consumer, Exchange, Producer, Queue
 
+from .. import broker
 from .conftest import PikaPeer, eventually, unique
 from .faults import FaultProxy
 from .report import Tally, record, scaled
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 async def proxied() -> tuple[FaultProxy, str]:
-    proxy = FaultProxy(reactor, "127.0.0.1", 5672)
+    proxy = FaultProxy(reactor, broker.HOST, broker.PORT)
     port = await proxy.start()
     return proxy, f"amqp://guest:guest@127.0.0.1:{port}/%2F?heartbeat=5&connection_timeout=5"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from .. import broker
 from .conftest import BROKER_URL
 
 pytestmark = pytest.mark.integration
@@ -21,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_report_runs_a_scenario_and_prints_its_row(tmp_path: Path) -> None:
     """
-    --only 9 runs the poison scenario and prints its row with the figures the
-    test recorded (10 published, 10 consumed, 0 lost); --json keeps them.
+    --only 9 runs the poison scenario on the test broker and prints its row
+    with the broker's version and the figures the test recorded (10
+    published, 10 consumed, 0 lost); --json keeps them.
     """
     out = tmp_path / "figures.json"
     done = subprocess.run(
@@ -36,8 +38,9 @@ def test_report_runs_a_scenario_and_prints_its_row(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     [row] = [line for line in done.stdout.splitlines() if line.startswith("| 9 |")]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1:6] == ["poison input", cells[2], "10", "10", "0"]
-    assert cells[2].startswith("passed")
+    assert cells[1] == broker.version_string()
+    assert cells[2:7] == ["poison input", cells[3], "10", "10", "0"]
+    assert cells[3].startswith("passed")
     assert "the pickle never ran" in cells[-1]
     assert '"lost": 0' in out.read_text()
 

@@ -330,7 +330,8 @@ def pika_tutorial_server(queue: str, ready: Any, stop: list[bool]) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
     try:
         ch = conn.channel()
-        ch.queue_declare(queue=queue)
+        # as the tutorial declares it today
+        ch.queue_declare(queue=queue, durable=True, arguments={"x-queue-type": "quorum"})
 
         def on_request(ch: Any, method: Any, props: Any, body: bytes) -> None:
             ch.basic_publish(

@@ -21,7 +21,7 @@ from txmsg import Connection, Consumer, Message, Producer, ProtocolError, Queue,
 
 from ..unit.test_url import HAVE_TLS, _cert_pem, _key_pem, _make_cert
 from .conftest import eventually, unique
-from .nodes import RabbitNode, available, free_port
+from .nodes import RabbitNode, available, free_port, scratch
 from .test_bad_config import CLI, run
 from .test_twistd import TWISTD
 
@@ -47,10 +47,10 @@ class TLSNode:
 
 
 @pytest.fixture(scope="module")
-def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSNode]:
+def tls_node() -> Iterator[TLSNode]:
     from cryptography import x509
 
-    base = Path(tmp_path_factory.mktemp("tls-node"))
+    base = scratch("tls-node")
     ca = _make_cert("txmsg test CA", ca=True)
     other_ca = _make_cert("some other CA", ca=True)
     server = _make_cert("localhost", ca, san=[x509.DNSName("localhost")])
@@ -67,11 +67,13 @@ def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSNode]:
     tls_port = free_port()
     config = (
         f"listeners.ssl.default = {tls_port}\n"
-        f"ssl_options.cacertfile = {files['ca']}\n"
-        f"ssl_options.certfile = {files['cert']}\n"
-        f"ssl_options.keyfile = {files['key']}\n"
+        f"ssl_options.cacertfile = {RabbitNode.inside(files['ca'])}\n"
+        f"ssl_options.certfile = {RabbitNode.inside(files['cert'])}\n"
+        f"ssl_options.keyfile = {RabbitNode.inside(files['key'])}\n"
         "ssl_options.verify = verify_none\n"
         "ssl_options.fail_if_no_peer_cert = false\n"
+        # the 20 MB message of the big-message test is over RabbitMQ 4's default
+        "max_message_size = 134217728\n"
     )
     node = RabbitNode(base, f"txmsg-{unique('tls')[-6:]}", config=config)
     node.start()

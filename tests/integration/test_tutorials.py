@@ -25,6 +25,10 @@ from .conftest import BROKER_URL, unique
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+#: how RabbitMQ's tutorials declare hello, task_queue and rpc_queue today (a
+#: durable quorum queue; they declared transient classic queues before
+#: RabbitMQ 4, which refuses those)
+TUTORIAL_QUEUE: dict[str, Any] = {"durable": True, "arguments": {"x-queue-type": "quorum"}}
 #: the programs run from the checkout, with its txmsg and the test broker in $TXMSG_URL
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), TXMSG_URL=BROKER_URL)
 
@@ -158,7 +162,7 @@ def test_hello_world_pika_sends_txmsg_receiver_prints_and_acks(program: Callable
     try:
         receiver.wait_for("Waiting for messages")
         with pika_channel() as ch:
-            ch.queue_declare(q)  # as the tutorial's sender does: the same queue, declared alike
+            ch.queue_declare(q, **TUTORIAL_QUEUE)  # as the tutorial's sender does: declared alike
             ch.basic_publish("", q, b"Hello World!")
         assert receiver.finish() == 0, receiver.text()
         assert receiver.lines() == ["Received Hello World!"]
@@ -174,7 +178,7 @@ def test_hello_world_txmsg_sends_pika_receives() -> None:
     """
     q = unique("hello")
     with pika_channel() as ch:
-        ch.queue_declare(q)
+        ch.queue_declare(q, **TUTORIAL_QUEUE)
         try:
             out = run("hello_send.py", "--queue", q)
             assert out.returncode == 0, out.stderr
@@ -201,7 +205,7 @@ def test_work_queue_fair_dispatch_with_prefetch_one(program: Callable[..., Progr
         for w in workers:
             w.wait_for("Waiting for tasks")
         with pika_channel() as ch:
-            ch.queue_declare(q, durable=True)  # the tutorial's declaration: equivalent to the workers'
+            ch.queue_declare(q, **TUTORIAL_QUEUE)  # the tutorial's declaration: equivalent to the workers'
             persistent = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
             ch.basic_publish("", q, b"long......", persistent)  # 1.2 s of work
             for i in range(1, 5):
@@ -256,15 +260,16 @@ def test_work_queue_task_of_a_killed_worker_goes_back_to_the_queue(program: Call
 
 def test_new_task_publishes_persistent_tasks_to_a_durable_queue() -> None:
     """
-    ``new_task.py`` declares the queue durable (pika's durable declaration of
-    the same queue is accepted) and publishes the task persistent.
+    ``new_task.py`` declares the queue as the tutorial does, a durable quorum
+    queue (pika's declaration of the same queue is accepted), and publishes
+    the task persistent.
     """
     q = unique("task-queue")
     try:
         out = run("new_task.py", "--queue", q, "resize", "cat.jpg...")
         assert out.returncode == 0, out.stderr
         with pika_channel() as ch:
-            ch.queue_declare(q, durable=True)  # 406 PRECONDITION_FAILED if it were not durable
+            ch.queue_declare(q, **TUTORIAL_QUEUE)  # 406 PRECONDITION_FAILED if it were declared otherwise
             [(props, body)] = get_all(ch, q)
         assert body == b"resize cat.jpg..."
         assert props.delivery_mode == 2
@@ -480,7 +485,7 @@ def test_rpc_txmsg_client_calls_pika_server(program: Callable[..., Program]) -> 
     q = unique("rpc-queue")
     requests: list[Any] = []
     with pika_channel() as ch:
-        ch.queue_declare(q)
+        ch.queue_declare(q, **TUTORIAL_QUEUE)
         ch.basic_qos(prefetch_count=1)
 
         def on_request(ch: Any, method: Any, props: Any, body: bytes) -> None:

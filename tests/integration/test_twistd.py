@@ -21,6 +21,7 @@ from typing import Any
 import pika
 import pytest
 
+from .. import broker
 from .conftest import BROKER_URL, rabbitmqctl, unique
 from .nodes import free_port
 
@@ -142,12 +143,15 @@ def delete_queue(name: str) -> None:
 def test_consumer_role_fed_by_a_pika_publisher(twistd: Callable[..., Twistd]) -> None:
     """
     ``--role consumer`` consumes what a pika publisher sends: each message is
-    one log line, the queue ends empty, and SIGTERM exits 0.
+    one log line, the queue ends empty, and SIGTERM exits 0.  The queue it
+    declared is durable (one RabbitMQ 4.3 accepts), as the broker lists it.
     """
     q = unique("tap-consumer")
     t = twistd("--role", "consumer", "--queue", q)
     try:
         t.wait_for(f"consuming {q}")
+        listed = rabbitmqctl("list_queues", "name", "durable", "--no-table-headers", "-q")
+        assert f"{q}\ttrue" in listed.splitlines(), listed
         conn, ch = channel()
         for i in range(5):
             ch.basic_publish(
@@ -254,25 +258,55 @@ def test_headers_exchange_binding(twistd: Callable[..., Twistd]) -> None:
 
 def test_queue_declared_with_other_flags_is_one_error_line(twistd: Callable[..., Twistd]) -> None:
     """
-    A queue another program declared durable, consumed without --durable: the
-    process exits non-zero with one line naming the differing flag.
+    A queue another program declared as a quorum queue (as RabbitMQ's
+    tutorials do), consumed with --durable (a classic queue): the process
+    exits 1 with one line naming the differing flag.  Without any queue flag
+    the queue that is there is used as it is.
     """
     q = unique("tap-mismatch")
     conn, ch = channel()
-    ch.queue_declare(q, durable=True)
+    ch.queue_declare(q, durable=True, arguments={"x-queue-type": "quorum"})
     try:
-        t = twistd("--role", "consumer", "--queue", q)
+        t = twistd("--role", "consumer", "--queue", q, "--durable")
         code = t.proc.wait(30)
         text = t.text()
         assert code == 1, text
         lines = [line for line in text.splitlines() if "cannot start" in line]
-        assert len(lines) == 1 and "--durable" in lines[0], text
+        assert len(lines) == 1 and "--quorum" in lines[0] and "x-queue-type" in lines[0], text
         assert "Traceback" not in text
-        # declared the same way, it is simply used
-        t2 = twistd("--role", "consumer", "--queue", q, "--durable")
+        # without queue flags, the queue that exists is used as it is
+        t2 = twistd("--role", "consumer", "--queue", q)
         t2.wait_for(f"consuming {q}")
+        ch.basic_publish("", q, b"to the quorum queue")
+        t2.wait_for("to the quorum queue")
         assert t2.stop() == 0
+        assert depth(q) == 0
     finally:
+        ch.queue_delete(q)
+        conn.close()
+
+
+def test_transient_flag_on_a_broker_that_refuses_transient_queues(twistd: Callable[..., Twistd]) -> None:
+    """
+    --transient asks for a transient shared queue: RabbitMQ 4.3 as upstream
+    ships refuses it, and the process exits 1 at once with one line saying
+    what was refused and how to do without it (not a reconnect loop);
+    RabbitMQ 3.10 declares it and the role consumes.
+    """
+    q = unique("tap-transient")
+    t = twistd("--role", "consumer", "--queue", q, "--transient")
+    if broker.denies_transient_queues():
+        code = t.proc.wait(30)
+        text = t.text()
+        assert code == 1, text
+        lines = [line for line in text.splitlines() if "cannot start" in line]
+        assert len(lines) == 1, text
+        assert "refuses transient non-exclusive queues" in lines[0] and "drop --transient" in lines[0]
+        assert "Traceback" not in text and text.count("541") <= 1
+    else:
+        t.wait_for(f"consuming {q}")
+        assert t.stop() == 0
+        conn, ch = channel()
         ch.queue_delete(q)
         conn.close()
 
@@ -288,7 +322,7 @@ def test_quorum_queue_with_dead_letter_and_arguments(twistd: Callable[..., Twist
     dlq = unique("tap-dlq")
     conn, ch = channel()
     ch.exchange_declare(dlx, "fanout")
-    ch.queue_declare(dlq)
+    ch.queue_declare(dlq, durable=True)
     ch.queue_bind(dlq, dlx)
     t = twistd(
         "--role",
@@ -473,7 +507,7 @@ def test_producer_role_publishes_http_posts_confirmed(twistd: Callable[..., Twis
     q = unique("tap-http")
     port = free_port()
     conn, ch = channel()
-    ch.queue_declare(q)
+    ch.queue_declare(q, durable=True)
     t = twistd("--role", "producer", "--listen", f"tcp:{port}:interface=127.0.0.1")
     try:
         t.wait_for("connected to")

@@ -67,7 +67,8 @@ class Broker:
 
     def settlements(self) -> list[tuple[str, int, bool]]:
         """
-        The acks and rejects written since the last call: (method, tag, multiple-or-requeue).
+        The acks, nacks and rejects written since the last call: (method, tag,
+        multiple-or-requeue).
         """
         out = []
         for name, args in self.methods():
@@ -75,6 +76,9 @@ class Broker:
                 out.append(("ack", args["delivery_tag"], args["multiple"]))
             elif name == "basic.reject":
                 out.append(("reject", args["delivery_tag"], args["requeue"]))
+            elif name == "basic.nack":
+                assert not args["multiple"]
+                out.append(("nack", args["delivery_tag"], args["requeue"]))
         return out
 
 
@@ -155,9 +159,11 @@ def test_a_multiple_ack_never_covers_a_message_still_being_handled() -> None:
 
 def test_failures_reject_at_once_and_requeue_only_when_asked() -> None:
     """
-    An exception rejects without requeue; Reject likewise; Requeue rejects
-    with requeue; each goes out at once, the acks around them once the read is
-    handled (one multiple ack: the rejected ones are settled already).
+    An exception rejects without requeue; Reject likewise; Requeue nacks with
+    requeue (a "not now" that RabbitMQ 4 does not count against a quorum
+    queue's delivery limit, as it would a reject); each goes out at once, the
+    acks around them once the read is handled (one multiple ack: the rejected
+    ones are settled already).
     """
 
     def handler(m: Any) -> None:
@@ -172,7 +178,7 @@ def test_failures_reject_at_once_and_requeue_only_when_asked() -> None:
     b.feed(b.deliver(1) + b.deliver(2, b"boom") + b.deliver(3, b"again") + b.deliver(4, b"no") + b.deliver(5))
     assert b.settlements() == [
         ("reject", 2, False),
-        ("reject", 3, True),
+        ("nack", 3, True),
         ("reject", 4, False),
         ("ack", 5, True),
     ]
@@ -189,7 +195,7 @@ def test_requeue_of_a_redelivered_message_dead_letters_it() -> None:
 
     b = Broker(handler)
     b.feed(b.deliver(1) + b.deliver(2, redelivered=True))
-    assert b.settlements() == [("reject", 1, True), ("reject", 2, False)]
+    assert b.settlements() == [("nack", 1, True), ("reject", 2, False)]
 
 
 def test_delivery_count_caps_requeues_and_skips_poison_messages() -> None:
@@ -211,7 +217,32 @@ def test_delivery_count_caps_requeues_and_skips_poison_messages() -> None:
         + b.deliver(3, headers={"x-delivery-count": 4}, redelivered=True)
     )
     assert calls == [1, 2]
-    assert b.settlements() == [("reject", 1, True), ("reject", 2, False), ("reject", 3, False)]
+    assert b.settlements() == [("nack", 1, True), ("reject", 2, False), ("reject", 3, False)]
+
+
+def test_requeues_on_a_rabbitmq_4_quorum_queue_do_not_use_up_the_delivery_cap() -> None:
+    """
+    RabbitMQ 4 counts a quorum queue's nacked returns in x-acquired-count
+    only: a message given back with Requeue (a nack) many times, never failed,
+    is redelivered flagged, without x-delivery-count, and is requeued again
+    (not dead-lettered as a redelivered message elsewhere would be); one whose
+    failed deliveries (x-delivery-count) pass the cap is dead-lettered before
+    the handler.
+    """
+    calls: list[int] = []
+
+    def handler(m: Any) -> None:
+        calls.append(m.delivery_tag)
+        raise Requeue()
+
+    b = Broker(handler, max_redeliveries=3)
+    b.feed(
+        b.deliver(1, headers={"x-acquired-count": 9}, redelivered=True)
+        + b.deliver(2, headers={"x-acquired-count": 12, "x-delivery-count": 2}, redelivered=True)
+        + b.deliver(3, headers={"x-acquired-count": 12, "x-delivery-count": 4}, redelivered=True)
+    )
+    assert calls == [1, 2]
+    assert b.settlements() == [("nack", 1, True), ("nack", 2, True), ("reject", 3, False)]
 
 
 def test_concurrency_limits_running_handlers() -> None:

@@ -30,10 +30,19 @@ def parse(*args: str) -> Options:
 
 def test_queue_is_declared_with_exactly_the_flags_given() -> None:
     """
-    No flags: a plain queue; --quorum makes it durable with x-queue-type;
-    --dead-letter and --arg become arguments with typed values.
+    No flags: a durable queue that adopts an existing one whatever its flags
+    (RabbitMQ 4 refuses transient shared queues); any queue flag declares it
+    exactly so: --transient a transient one, --durable a durable one (the
+    same as the default but not adopting), --quorum a durable one with
+    x-queue-type; --dead-letter and --arg become arguments with typed values.
     """
-    assert queue_from(parse("--role", "consumer", "--queue", "q")) == Queue("q")
+    plain = queue_from(parse("--role", "consumer", "--queue", "q"))
+    assert plain == Queue("q", durable=True, adopt=True)
+    assert queue_from(parse("--role", "consumer", "--queue", "q", "--durable")) == Queue("q", durable=True)
+    transient = queue_from(parse("--role", "consumer", "--queue", "q", "--transient"))
+    assert transient == Queue("q", durable=False) and not transient.adopt
+    with pytest.raises(usage.UsageError, match="--transient contradicts"):
+        parse("--role", "consumer", "--queue", "q", "--transient", "--quorum")
     q = queue_from(
         parse(
             "--role",
@@ -166,7 +175,7 @@ def test_consumer_role_builds_a_declared_consumer_after_the_connection() -> None
     assert type(services[0]).__name__ == "Connection"
     role = services[1]
     assert isinstance(role, DeclaringService)
-    assert role.topology == [Queue("q")]
+    assert role.topology == [Queue("q", adopt=True)]
     assert role.consumers[0].prefetch == 7
 
 

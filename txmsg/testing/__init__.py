@@ -29,6 +29,7 @@ from twisted.test.iosim import FakeTransport, IOPump, connect
 from txmsg.connection import Connection, _GuardedFactory, _LostGuard
 from txmsg.testing._broker import MemoryBrokerState
 from txmsg.testing._server import AMQPServer
+from txmsg.testing._versions import parse_version
 
 #: the URL memory connections are made with (any host: nothing is resolved)
 MEMORY_URL = "amqp://guest:guest@memory:5672/%2F"
@@ -71,12 +72,31 @@ class MemoryBroker:
     with requeue and C{redelivered}, publisher confirms, mandatory returns,
     consumer cancel on queue delete, and RabbitMQ's reply codes (404, 405, 406).
 
+    Where RabbitMQ versions differ it behaves as C{version} does: C{"4.3"}
+    (the default) as upstream RabbitMQ 4.3 ships, or C{"3.10"}.  On 4.x it
+    refuses a transient non-exclusive queue with RabbitMQ's 541 (closing the
+    connection), refuses bodies over 16 MiB (406, closing the channel), and
+    counts a quorum queue's deliveries as 4.x does (C{x-delivery-count} for
+    rejects and lost consumers, C{x-acquired-count} for every delivery,
+    delivery limit 20 by default); on 3.x it takes transient queues and bodies
+    up to 128 MiB and counts every return in C{x-delivery-count}.
+
+    @param max_message_size: the largest body it takes (default: the
+        version's).
     @ivar clock: the L{Clock} every connection of this broker runs on.
     """
 
-    def __init__(self, clock: Clock | None = None, vhost: str = "/") -> None:
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        vhost: str = "/",
+        *,
+        version: str = "4.3",
+        max_message_size: int | None = None,
+    ) -> None:
         self.clock = clock if clock is not None else Clock()
-        self.state = MemoryBrokerState(self.clock, vhost)
+        self.version = version
+        self.state = MemoryBrokerState(self.clock, vhost, parse_version(version), max_message_size)
         self.refusing = False
         self._links: list[tuple[Connection, AMQPServer, IOPump]] = []
 
@@ -156,7 +176,7 @@ class MemoryBroker:
         for _, server, _ in self._links:
             for channel in list(server.channels.values()):
                 if channel.unacked:
-                    channel.settle(0, True, True)
+                    channel.settle(0, True, True, failed=True)
         self.flush()
 
     def drop(self, connection: Connection | None = None) -> None:

@@ -12,7 +12,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from txmsg.testing._versions import DEFAULT_DELIVERY_LIMIT, MAX_MESSAGE_SIZE, TRANSIENT_QUEUE_REFUSED
+
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
+
 
 
 class Refusal(Exception):
@@ -64,6 +67,11 @@ class Stored:
     redelivered: bool = False
     #: clock time after which it expires (queue TTL or per-message expiration)
     expires_at: float | None = None
+    #: times delivered so far, given back (any way), and given back as failed
+    #: (a reject, or a consumer lost with it unacked): quorum queues count them
+    acquired: int = 0
+    returned: int = 0
+    failed: int = 0
 
 
 @dataclass
@@ -76,6 +84,10 @@ class Queue:
     messages: deque[Stored] = field(default_factory=deque)
     consumers: list[Consumer] = field(default_factory=list)
     had_consumers: bool = False
+
+    @property
+    def quorum(self) -> bool:
+        return self.arguments.get("x-queue-type") == "quorum"
 
 
 @dataclass
@@ -154,9 +166,22 @@ class MemoryBrokerState:
     One virtual host's exchanges and queues.
     """
 
-    def __init__(self, clock: Any, vhost: str = "/") -> None:
+    def __init__(
+        self,
+        clock: Any,
+        vhost: str = "/",
+        version: tuple[int, int] = (4, 3),
+        max_message_size: int | None = None,
+    ) -> None:
         self.clock = clock
         self.vhost = vhost
+        #: the RabbitMQ (major, minor) whose behaviour is imitated where versions differ
+        self.version = version
+        self.max_message_size = (
+            MAX_MESSAGE_SIZE[version[0]] if max_message_size is None else max_message_size
+        )
+        #: RabbitMQ 4.3 as upstream ships it refuses transient non-exclusive queues
+        self.deny_transient_queues = version >= (4, 0)
         self.exchanges: dict[str, Exchange] = {
             "": Exchange("", "direct", True),
             "amq.direct": Exchange("amq.direct", "direct", True),
@@ -239,6 +264,17 @@ class MemoryBrokerState:
         if name.startswith("amq.") and existing is None and not name.startswith("amq.gen-"):
             raise ChannelError(403, f"ACCESS_REFUSED - queue name '{name}' contains reserved prefix 'amq.*'")
         if existing is None:
+            if not durable and not exclusive and self.deny_transient_queues:
+                raise ConnectionError(541, TRANSIENT_QUEUE_REFUSED)
+            if arguments.get("x-queue-type") == "quorum":
+                for wrong, prop in ((not durable, "non-durable"), (exclusive, "exclusive-owner"),
+                                    (auto_delete, "auto-delete")):
+                    if wrong:
+                        raise ChannelError(
+                            406,
+                            f"PRECONDITION_FAILED - invalid property '{prop}' for queue '{name}' in "
+                            f"vhost '{self.vhost}'",
+                        )
             queue = Queue(name, durable, connection_id if exclusive else None, auto_delete, dict(arguments))
             self.queues[name] = queue
             return queue
@@ -460,6 +496,52 @@ class MemoryBrokerState:
         props["headers"] = headers
         for target in self.route(dlx, key, headers):
             self.accept(target, Stored(dlx, key, dict(props), message.body, target.name))
+
+    def delivered(self, queue: Queue | None, message: Stored) -> dict[str, Any]:
+        """
+        The properties C{message} goes out with, now that it is delivered
+        again: a quorum queue counts deliveries in its headers, as the
+        imitated RabbitMQ does.  RabbitMQ 3 puts every return in
+        C{x-delivery-count}, from 0 on the first delivery; RabbitMQ 4 counts
+        the failed returns (reject, consumer lost) in C{x-delivery-count} and
+        every earlier delivery in C{x-acquired-count}, each only once it is
+        not 0.
+        """
+        props = message.properties
+        if queue is not None and queue.quorum:
+            headers = dict(props.get("headers") or {})
+            if self.version >= (4, 0):
+                if message.acquired:
+                    headers["x-acquired-count"] = message.acquired
+                if message.failed:
+                    headers["x-delivery-count"] = message.failed
+            else:
+                headers["x-delivery-count"] = message.returned
+            if headers:
+                props = dict(props, headers=headers)
+        message.acquired += 1
+        return props
+
+    def give_back(self, queue: Queue, message: Stored, failed: bool) -> None:
+        """
+        A delivered message comes back to the head of C{queue}, flagged
+        redelivered; C{failed} for a reject or a lost consumer (not a nack or
+        a recover).  A quorum queue dead-letters (or drops) one returned more
+        times than its delivery limit.
+        """
+        message.redelivered = True
+        message.returned += 1
+        if failed:
+            message.failed += 1
+        if queue.quorum:
+            limit = queue.arguments.get("x-delivery-limit")
+            if limit is None and self.version >= (4, 0):
+                limit = DEFAULT_DELIVERY_LIMIT
+            count = message.failed if self.version >= (4, 0) else message.returned
+            if limit is not None and limit >= 0 and count > limit:
+                self.dead_letter(queue, message, "delivery_limit")
+                return
+        queue.messages.appendleft(message)
 
     def dispatch(self, queue: Queue) -> None:
         """

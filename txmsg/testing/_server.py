@@ -47,6 +47,8 @@ class _Channel:
 
     def deliver(self, consumer: Consumer, message: Stored) -> None:
         tag = self._track(consumer, message)
+        queue = consumer.queue if consumer.queue.name != DIRECT_REPLY_TO else None
+        props = self.server.state.delivered(queue, message)
         self.server.send(
             self.number,
             "basic.deliver",
@@ -56,7 +58,7 @@ class _Channel:
             exchange=message.exchange,
             routing_key=message.routing_key,
         )
-        self.server.send_content(self.number, message.properties, message.body)
+        self.server.send_content(self.number, props, message.body)
 
     def cancelled(self, consumer: Consumer) -> None:
         self.consumers.pop(consumer.tag, None)
@@ -84,10 +86,14 @@ class _Channel:
                 consumer.unacked -= 1
         return taken
 
-    def settle(self, tag: int, multiple: bool, requeue: bool, dead: bool = False) -> None:
+    def settle(
+        self, tag: int, multiple: bool, requeue: bool, dead: bool = False, failed: bool = False
+    ) -> None:
         """
         Ack (neither flag), requeue, or reject without requeue (C{dead}: the
-        queue's dead-letter exchange gets them, reason "rejected").
+        queue's dead-letter exchange gets them, reason "rejected").  A requeue
+        is C{failed} for a reject or a lost consumer, not for a nack or a
+        recover (RabbitMQ 4's quorum queues count only those).
         """
         state = self.server.state
         # the queues these messages came from (those still there), in delivery order
@@ -95,8 +101,7 @@ class _Channel:
         if requeue:
             for message, queue in reversed(taken):
                 if queue is not None:
-                    message.redelivered = True
-                    queue.messages.appendleft(message)
+                    state.give_back(queue, message, failed)
         elif dead:
             for message, queue in taken:
                 if queue is not None:
@@ -116,7 +121,7 @@ class _Channel:
             self.server.state.reply_channels.pop(self.reply_token, None)
             self.reply_token = self.reply_consumer = None
         if self.unacked:
-            self.settle(0, True, True)
+            self.settle(0, True, True, failed=True)
 
 
 class AMQPServer(Protocol):
@@ -375,6 +380,7 @@ class AMQPServer(Protocol):
                 return
             message = queue.messages.popleft()
             tag = channel._track(None, message)
+            props = state.delivered(queue, message)
             if args["no_ack"]:
                 channel.unacked.pop(tag, None)
             self.send(
@@ -386,13 +392,13 @@ class AMQPServer(Protocol):
                 routing_key=message.routing_key,
                 message_count=len(queue.messages),
             )
-            self.send_content(n, message.properties, message.body)
+            self.send_content(n, props, message.body)
         elif name == "basic.ack":
             channel.settle(args["delivery_tag"], args["multiple"], False)
         elif name == "basic.nack":
             channel.settle(args["delivery_tag"], args["multiple"], args["requeue"], dead=True)
         elif name == "basic.reject":
-            channel.settle(args["delivery_tag"], False, args["requeue"], dead=True)
+            channel.settle(args["delivery_tag"], False, args["requeue"], dead=True, failed=True)
         elif name == "basic.recover":
             channel.settle(0, True, True)
             self.send(n, "basic.recover-ok")
@@ -415,6 +421,12 @@ class AMQPServer(Protocol):
 
     def _publish(self, channel: _Channel, args: dict[str, Any], props: dict[str, Any], body: bytes) -> None:
         state = self.state
+        if len(body) > state.max_message_size:
+            raise ChannelError(
+                406,
+                f"PRECONDITION_FAILED - message size {len(body)} is larger than configured max size "
+                f"{state.max_message_size}",
+            )
         if channel.confirming:
             channel.published += 1
         if props.get("reply_to") == DIRECT_REPLY_TO:
