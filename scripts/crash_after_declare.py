@@ -28,7 +28,9 @@ import pika
 from tests.integration.nodes import RabbitNode, scratch
 
 
-def trial(node: RabbitNode, count: int, delay: float, quorum: bool, flush: bool) -> tuple[bool, int]:
+def trial(
+    node: RabbitNode, count: int, delay: float, quorum: bool, flush: bool, settle: float
+) -> tuple[bool, int]:
     name = f"crash-{uuid.uuid4().hex[:8]}"
     conn = pika.BlockingConnection(pika.URLParameters(node.url))
     ch = conn.channel()
@@ -48,7 +50,22 @@ def trial(node: RabbitNode, count: int, delay: float, quorum: bool, flush: bool)
     node.wait()
     conn = pika.BlockingConnection(pika.URLParameters(node.url))
     try:
-        held = conn.channel().queue_declare(name, passive=True).method.message_count
+        # a quorum queue counts its messages once it has read its log back: wait for it
+        deadline = time.monotonic() + settle
+        while True:
+            held = conn.channel().queue_declare(name, passive=True).method.message_count
+            if held >= count or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        if held < count:
+            # what a consumer gets: the count may lag, the messages may still be there
+            got = 0
+            ch = conn.channel()
+            for method, _props, _body in ch.consume(name, inactivity_timeout=5):
+                if method is None:
+                    break
+                got += 1
+            held = max(held, got)
         return True, held
     except pika.exceptions.ChannelClosedByBroker:
         return False, 0
@@ -68,6 +85,9 @@ def main() -> int:
     parser.add_argument("--delay", type=float, default=0.2, help="seconds from declaration to kill")
     parser.add_argument("--quorum", action="store_true")
     parser.add_argument("--flush", action="store_true")
+    parser.add_argument(
+        "--settle", type=float, default=30.0, help="seconds to wait after the restart for the messages"
+    )
     args = parser.parse_args()
     node = RabbitNode(scratch("crash"), f"txmsg-crash-{uuid.uuid4().hex[:6]}")
     node.start()
@@ -76,7 +96,7 @@ def main() -> int:
     gone = partial = 0
     try:
         for n in range(args.trials):
-            there, held = trial(node, args.count, args.delay, args.quorum, args.flush)
+            there, held = trial(node, args.count, args.delay, args.quorum, args.flush, args.settle)
             gone += not there
             partial += there and held != args.count
             outcome = f"kept, {held} messages" if there else "GONE (404)"

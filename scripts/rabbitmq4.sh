@@ -206,6 +206,9 @@ start_node() {
         fail "localhost:$PORT is in use by another program; set TXMSG_RABBITMQ4_PORT to a free port"
     fi
     ensure_epmd
+    # private nodes of test runs that were killed left their files: with no
+    # node of the root running, nothing uses them
+    [ -n "$(root_pids beam.smp)" ] || rm -rf --one-file-system "$SID/txmsg/tests"
     # an empty data dir every time: a store that holds transient non-exclusive
     # queues would keep the node from starting with that feature denied
     rm -rf --one-file-system "$HOST_NODE_DIR"

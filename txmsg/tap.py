@@ -335,7 +335,12 @@ def explain(reason: Failure) -> str:
     error = reason.value
     if isinstance(error, DeprecatedFeature):
         if error.feature == "transient_nonexcl_queues":
-            return f"{error} (drop --transient: queues are durable by default)"
+            # the flag that asked for it, instead of the library's advice
+            return (
+                f"the broker refuses transient non-exclusive queues ({error.subject}): drop --transient "
+                "(queues are durable by default), or permit them on the broker "
+                "(deprecated_features.permit.transient_nonexcl_queues = true)"
+            )
         return str(error)
     if isinstance(error, PreconditionFailed):
         text = error.reply_text

@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 
 from txmsg import Binding, Exchange, Queue
 from txmsg._declare import DeclaringService
-from txmsg.errors import PreconditionFailed
+from txmsg.errors import DeprecatedFeature, PreconditionFailed
 from txmsg.tap import (
     Options,
     bindings_from,
@@ -163,6 +163,24 @@ def test_explain_names_the_flag_that_differs() -> None:
     assert "--durable" in line and "inequivalent arg 'durable'" in line
     quorum = PreconditionFailed(406, "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q'")
     assert "--quorum" in explain(Failure(quorum))
+
+
+def test_explain_a_refused_transient_queue_names_the_flag() -> None:
+    """
+    RabbitMQ 4.3's 541 for a transient shared queue is one line naming the
+    queue and --transient, the flag that asked for it; another refused
+    feature keeps the library's own advice.
+    """
+    text = (
+        "INTERNAL_ERROR - Feature `transient_nonexcl_queues` is deprecated.\nIts use is not permitted"
+    )
+    refused = DeprecatedFeature(541, text).about("queue 'hello' (transient)")
+    line = explain(Failure(refused))
+    assert "\n" not in line
+    assert line.startswith("the broker refuses transient non-exclusive queues (queue 'hello' (transient))")
+    assert "drop --transient" in line
+    other = DeprecatedFeature(541, "INTERNAL_ERROR - Feature `queue_master_locator` is deprecated.")
+    assert explain(Failure(other)) == str(other) and "x-queue-leader-locator" in str(other)
 
 
 def test_consumer_role_builds_a_declared_consumer_after_the_connection() -> None:
