@@ -6,7 +6,7 @@
 #                     root, scripts/rabbitmq4.sh); one broker: make test BROKERS=4.3
 #                     or BROKERS=local; extra pytest arguments: PYTEST_ARGS="-k foo"
 #   make broker4      start the RabbitMQ 4.3 node on localhost:5673 and leave it running
-#   make lint         ruff + mypy
+#   make lint         ruff + mypy (CI runs it before make test)
 #   make bench        txmsg against pika (Twisted and blocking), aio-pika and raw txAMQP on
 #                     the same broker (installs the "bench" extra; BENCH_ARGS="--rounds 10")
 #   make reliability  the fault scenarios at 5x their CI counts, one table of figures
@@ -43,7 +43,7 @@ test: bootstrap
 
 lint:
 	bash scripts/bootstrap.sh --no-broker
-	.venv/bin/ruff check txmsg tests bench examples
+	.venv/bin/ruff check txmsg tests bench examples scripts twisted
 	.venv/bin/mypy txmsg
 
 bench: bootstrap

@@ -90,11 +90,12 @@ def main() -> int:
     )
     args = parser.parse_args()
     node = RabbitNode(scratch("crash"), f"txmsg-crash-{uuid.uuid4().hex[:6]}")
-    node.start()
-    node.wait()
-    print(f"RabbitMQ {'.'.join(map(str, node.version()))}, {'quorum' if args.quorum else 'classic'} queues")
     gone = partial = 0
     try:
+        node.start()
+        node.wait()
+        kind = "quorum" if args.quorum else "classic"
+        print(f"RabbitMQ {'.'.join(map(str, node.version()))}, {kind} queues")
         for n in range(args.trials):
             there, held = trial(node, args.count, args.delay, args.quorum, args.flush, args.settle)
             gone += not there

@@ -39,21 +39,8 @@ C{--url} may be repeated (the nodes of a cluster); by default the URLs come
 from C{$TXMSG_URL}, else C{amqp://guest:guest@localhost:5672/%2F}.
 Passwords are never printed.
 
-Exit codes::
-
-     0  success (call --gather: at least one reply, none of them an error)
-     1  publish: a message was nacked, returned (--mandatory), not confirmed, or
-        over the broker's max_message_size (the others are still sent)
-     2  usage: a bad option, URL, header, property or JSON message
-     3  call: no reply within --timeout
-     4  call: no queue is bound to the routing key (the request came back)
-     5  call: the server's handler failed (its error type and message on stderr;
-        with --gather, any server's)
-    66  the queue or exchange does not exist (EX_NOINPUT)
-    69  no broker could be reached within --timeout (EX_UNAVAILABLE)
-    76  TLS verification failed, or the peer does not speak AMQP 0-9-1 (EX_PROTOCOL)
-    77  the broker refused the user name, password, vhost or an operation (EX_NOPERM)
-   130  interrupted by Ctrl-C (143: SIGTERM), except for listen, which exits 0
+Exit codes: one table for the command and for twistd, L{txmsg.exits.TABLE};
+C{txmsg --help} and each subcommand's C{--help} print it.
 """
 
 from __future__ import annotations
@@ -91,14 +78,18 @@ from txmsg.errors import (
 )
 from txmsg.exits import (
     EXIT_FAILED,
+    EXIT_NO_SERVER,
     EXIT_NOINPUT,
     EXIT_NOPERM,
     EXIT_OK,
     EXIT_PROTOCOL,
+    EXIT_REMOTE_ERROR,
     EXIT_SOFTWARE,
+    EXIT_TIMEOUT,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     exit_code_for,
+    help_text,
 )
 from txmsg.message import JSON, TEXT, Message
 from txmsg.producer import Nacked, Producer, Unroutable
@@ -130,9 +121,6 @@ __all__ = [
     "run",
 ]
 
-EXIT_TIMEOUT = 3
-EXIT_NO_SERVER = 4
-EXIT_REMOTE_ERROR = 5
 
 #: seconds to wait for a broker, a confirm or a reply, unless --timeout says
 DEFAULT_TIMEOUT = 10.0
@@ -284,11 +272,7 @@ def _add_format(parser: argparse.ArgumentParser, *, with_bytes: bool) -> None:
     parser.set_defaults(format="text")
 
 
-_EXIT_CODES = """\
-exit codes: 0 ok; 1 a message nacked, returned, unconfirmed or too large (publish); 2 usage;
-3 no reply in time, 4 no server bound, 5 remote error (call); 66 no such queue or
-exchange; 69 no broker within --timeout; 77 login, vhost or permission refused;
-130 Ctrl-C"""
+_EXIT_CODES = help_text()
 
 
 def build_parser() -> argparse.ArgumentParser:

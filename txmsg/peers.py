@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txmsg._declare import DeclaringService
+from txmsg._declaring_service import DeclaringService
 from txmsg.connection import Connection
 from txmsg.consumer import DEFAULT_PREFETCH, Consumer, Handler, call_handler
 from txmsg.message import Message

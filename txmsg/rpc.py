@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txmsg._channel import Channel
-from txmsg._declare import DeclaringService
+from txmsg._declaring_service import DeclaringService
 from txmsg.connection import Connection
 from txmsg.consumer import (
     DEFAULT_MAX_REDELIVERIES,

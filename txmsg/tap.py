@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python import reflect, usage
 from twisted.python.failure import Failure
 
-from txmsg._declare import DeclaringService
+from txmsg._declaring_service import DeclaringService
 from txmsg.connection import Connection
 from txmsg.consumer import DEFAULT_PREFETCH, Consumer, Handler
 from txmsg.errors import (
@@ -35,7 +35,7 @@ from txmsg.errors import (
     PreconditionFailed,
     TxmsgError,
 )
-from txmsg.exits import EXIT_FAILED, EXIT_UNAVAILABLE, exit_code_for
+from txmsg.exits import EXIT_FAILED, EXIT_UNAVAILABLE, TWISTD, exit_code_for, help_text
 from txmsg.message import Message
 from txmsg.peers import PeerGroup
 from txmsg.rpc import RpcServer
@@ -109,7 +109,7 @@ class Options(usage.Options):
     longdesc = (
         "Host a txmsg service on RabbitMQ.  Roles: consumer (consume a queue), worker (process a job's "
         "tasks), rpc-server (answer requests), fanout (join a peer group), producer (an HTTP publishing "
-        "endpoint)."
+        "endpoint).  " + help_text(TWISTD, compact=True)
     )
 
     optParameters = [

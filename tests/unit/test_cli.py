@@ -102,7 +102,7 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
     assert cli.main([*command, "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: {' '.join(['txmsg', *command])}")
-    assert "69 no broker" in out
+    assert "   69  no broker reachable in time" in out
 
 
 @pytest.mark.parametrize(
@@ -446,3 +446,21 @@ def test_exit_codes_by_error(error: BaseException, code: int) -> None:
     Refused credentials are 77, a missing queue or exchange 66, a signal 128+N.
     """
     assert cli._exit_code(error) == code
+
+
+def test_every_help_text_lists_every_exit_status_of_the_one_table() -> None:
+    """
+    The exit statuses are one table (txmsg.exits.TABLE): the command's help
+    and each subcommand's print every status of it, and the statuses the
+    command returns for call failures are in it.
+    """
+    from txmsg import exits
+
+    codes = {code for code, _ in exits.TABLE}
+    assert {exits.EXIT_TIMEOUT, exits.EXIT_NO_SERVER, exits.EXIT_REMOTE_ERROR, 70, 76} <= codes
+    parser = cli.build_parser()
+    helps = [parser.format_help()]
+    helps += [sub.format_help() for sub in parser._subparsers._group_actions[0].choices.values()]  # type: ignore[union-attr]
+    for text in helps:
+        listed = [line.split()[0] for line in text.split("exit codes:\n", 1)[1].splitlines() if line.strip()]
+        assert listed == [str(code) for code, _ in exits.TABLE]

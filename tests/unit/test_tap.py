@@ -10,7 +10,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from txmsg import Binding, Exchange, Queue
-from txmsg._declare import DeclaringService
+from txmsg._declaring_service import DeclaringService
 from txmsg.errors import DeprecatedFeature, PreconditionFailed
 from txmsg.tap import (
     Options,
@@ -337,3 +337,15 @@ def test_stopped_before_connecting_is_not_a_failure() -> None:
     declared.errback(ConnectionLost("the connection was stopped"))
     connection.ready.errback(ConnectionLost("the connection was stopped"))
     assert status.code is None
+
+
+def test_twistd_help_lists_its_exit_statuses_from_the_one_table() -> None:
+    """
+    twistd txmsg --help ends with the statuses a twistd process exits with,
+    made from txmsg.exits.TABLE (none of the txmsg call statuses).
+    """
+    from txmsg import exits
+
+    text = " ".join(Options().getUsage().split())
+    for code, meaning in exits.TABLE:
+        assert (f"{code} {meaning}" in text) == (code in exits.TWISTD), code
