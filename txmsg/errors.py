@@ -158,9 +158,7 @@ class DeprecatedFeature(ConnectionClosed):
     def __init__(
         self, reply_code: int, reply_text: str, method: str | None = None, subject: str = ""
     ) -> None:
-        self.reply_code = reply_code
-        self.reply_text = reply_text
-        self.method = method
+        super().__init__(reply_code, reply_text, method)
         self.feature = deprecated_feature(reply_text) or "unknown"
         self.subject = subject
         what, self.advice = _DEPRECATED.get(
@@ -171,7 +169,8 @@ class DeprecatedFeature(ConnectionClosed):
             ),
         )
         refused = f" ({subject})" if subject else ""
-        TxmsgError.__init__(self, f"the broker refuses {what}{refused}: {self.advice}")
+        # one line, not the broker's multi-line text
+        self.args = (f"the broker refuses {what}{refused}: {self.advice}",)
 
     def about(self, subject: str) -> DeprecatedFeature:
         """

@@ -177,10 +177,10 @@ class Producer:
                 body, props = encode_message(payload, **properties)
         except (TypeError, ValueError) as e:
             return fail(e)
-        limit = self.max_message_size
-        if limit is not None and len(body) > limit:
+        too_big = self._too_big(body)
+        if too_big is not None:
             self.failed += 1
-            return fail(MessageTooLarge(len(body), limit))
+            return fail(too_big)
         if mandatory and not self.confirm and self.on_return is None:
             return fail(ValueError("mandatory needs a Producer with confirms or an on_return callback"))
         channel = self._channel
@@ -248,6 +248,13 @@ class Producer:
         self._room_waiters.append((limit, d))
         return d
 
+    def _too_big(self, body: bytes) -> MessageTooLarge | None:
+        """
+        The refusal of C{body} if it is over the broker's known C{max_message_size}.
+        """
+        limit = self.max_message_size
+        return MessageTooLarge(len(body), limit) if limit is not None and len(body) > limit else None
+
     def _pending(self) -> int:
         return len(self._unconfirmed) + len(self._waiting)
 
@@ -280,9 +287,9 @@ class Producer:
             pending = waiting.popleft()
             if pending.deferred.called:  # timed out while it waited
                 continue
-            limit = self.max_message_size
-            if limit is not None and len(pending.body) > limit:  # learnt while it waited
-                self._settle(pending, Failure(MessageTooLarge(len(pending.body), limit)))
+            too_big = self._too_big(pending.body)
+            if too_big is not None:  # the limit was learnt while it waited
+                self._settle(pending, Failure(too_big))
                 continue
             try:
                 self._send(channel, pending)

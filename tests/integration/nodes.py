@@ -16,6 +16,7 @@ then live inside the root; L{RabbitNode.inside} gives a path as the node sees it
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import signal
@@ -80,14 +81,15 @@ def _command(exe: str, *args: str) -> list[str]:
     return ["bash", str(SCRIPT), "run", str(BIN / exe), *args]
 
 
-_epmd_checked = False
-
-
-def _ensure_epmd() -> None:
-    global _epmd_checked
-    if SID_ROOT is not None and not _epmd_checked:
-        subprocess.run(["bash", str(SCRIPT), "epmd"], check=True, capture_output=True, timeout=60)
-        _epmd_checked = True
+@functools.cache
+def _epmd_port() -> str:
+    """
+    The port of the sid root's epmd, started if need be (the script knows it).
+    """
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "epmd"], check=True, capture_output=True, text=True, timeout=60
+    )
+    return done.stdout.strip()
 
 
 class RabbitNode:
@@ -140,11 +142,10 @@ class RabbitNode:
                 "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
                 "LANG": "C.UTF-8",
                 "TXMSG_RABBITMQ4_ROOT": str(SID_ROOT),
-                "ERL_EPMD_PORT": os.environ.get("TXMSG_RABBITMQ4_EPMD_PORT", "4371"),
+                "ERL_EPMD_PORT": _epmd_port(),
+                "TXMSG_RABBITMQ4_EPMD_PORT": _epmd_port(),
                 "ERL_EPMD_ADDRESS": "127.0.0.1",
             }
-            if "TXMSG_RABBITMQ4_EPMD_PORT" in os.environ:
-                env["TXMSG_RABBITMQ4_EPMD_PORT"] = os.environ["TXMSG_RABBITMQ4_EPMD_PORT"]
         inside = self.inside
         env.update(
             HOME=inside(self.home),
@@ -178,7 +179,6 @@ class RabbitNode:
         Start the node detached; L{wait} for it.
         """
         self.pid_file.unlink(missing_ok=True)
-        _ensure_epmd()
         subprocess.run(
             _command("rabbitmq-server", "-detached"),
             env=self.env(),

@@ -303,6 +303,9 @@ def test_transient_flag_on_a_broker_that_refuses_transient_queues(twistd: Callab
         assert len(lines) == 1, text
         assert "refuses transient non-exclusive queues" in lines[0] and "drop --transient" in lines[0]
         assert "Traceback" not in text and text.count("541") <= 1
+        # and the broker holds no such queue
+        names = rabbitmqctl("list_queues", "name", "--no-table-headers", "-q").split()
+        assert q not in names
     else:
         t.wait_for(f"consuming {q}")
         assert t.stop() == 0

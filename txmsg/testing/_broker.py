@@ -17,7 +17,6 @@ from txmsg.testing._versions import DEFAULT_DELIVERY_LIMIT, MAX_MESSAGE_SIZE, TR
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 
 
-
 class Refusal(Exception):
     """
     The broker refuses a method with AMQP reply C{code} and C{text}.
