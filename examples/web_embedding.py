@@ -160,7 +160,7 @@ async def main(reactor: Any, *argv: str) -> None:
     try:
         port = await web.listening
         await connection.when_ready()
-        await consumer.wait_consuming()
+        await consumer.when_ready()
     except FatalConnectionError as e:
         print(f"cannot connect: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

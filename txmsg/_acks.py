@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from txmsg._channel import Channel
+from txmsg.connection import Channel
 
 
 class Acks:
@@ -48,7 +48,7 @@ class Acks:
             self._upto = tag
         if not self._flush_due:
             self._flush_due = True
-            if not self.channel.protocol.call_after_read(self.flush):
+            if not self.channel.call_after_read(self.flush):
                 self._call = self.reactor.callLater(0, self.flush)
 
     def reject(self, tag: int, requeue: bool) -> None:

@@ -4,6 +4,7 @@ Declaring a pattern's topology before its consumers start, on every connection.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -51,7 +52,7 @@ def start_after_declaring(
     return d.addBoth(start)
 
 
-def wait_ready(declared: Deferred[Any], consumers: Iterable[Any]) -> Deferred[Any]:
+def all_ready(declared: Deferred[Any], consumers: Iterable[Any]) -> Deferred[Any]:
     """
     Fire once C{declared} fired and every consumer is registered with the
     broker (which happens after the connection declared its topology).
@@ -70,7 +71,7 @@ def wait_ready(declared: Deferred[Any], consumers: Iterable[Any]) -> Deferred[An
     consumers = list(consumers)
 
     def consumers_ready(_: object) -> Deferred[Any]:
-        return gatherResults([c.wait_consuming() for c in consumers], consumeErrors=True)
+        return gatherResults([c.when_ready() for c in consumers], consumeErrors=True)
 
     return forked.addCallback(consumers_ready)
 
@@ -79,7 +80,7 @@ class DeclaringService(MultiService):
     """
     A service that declares its C{topology} (now and on every reconnect) and
     then starts its C{consumers} as children.  C{declared} fails if the broker
-    refused a declaration; L{wait_ready} fires once everything is declared,
+    refused a declaration; L{when_ready} fires once everything is declared,
     bound and consuming.
     """
 
@@ -96,9 +97,20 @@ class DeclaringService(MultiService):
         super().startService()
         self.declared = start_after_declaring(self, self.connection, self.topology, self.consumers)
 
+    def when_ready(self) -> Deferred[Any]:
+        """
+        Fire with this service once the topology is declared and bound and
+        every consumer is registered with the broker (start the service first).
+        """
+        return all_ready(self.declared, self.consumers).addCallback(lambda _: self)
+
     def wait_ready(self) -> Deferred[Any]:
         """
-        Fire once the topology is declared and bound and every consumer is
-        registered with the broker (start the service first).
+        Deprecated spelling of L{when_ready}.
         """
-        return wait_ready(self.declared, self.consumers)
+        warnings.warn(
+            f"{type(self).__name__}.wait_ready() is deprecated: use when_ready()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.when_ready()

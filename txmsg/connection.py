@@ -8,9 +8,9 @@ of producers and consumers) replayed on every reconnect.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from automat import NoTransition
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import (
@@ -23,14 +23,14 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txmsg._channel import Channel
-from txmsg._protocol import AMQPProtocol
+from txmsg._amqp import AMQPProtocol, Channel
+from txmsg._guard import GuardedFactory, LostGuard, real_protocol
 from txmsg.errors import (
     ChannelError,
     ConnectionLost,
@@ -74,54 +74,57 @@ def _safe_urls(params: Sequence[ConnectionParameters]) -> str:
     return ", ".join(p.safe_url for p in params)
 
 
-ReadyHook = Callable[[AMQPProtocol], "Deferred[Any] | None"]
-
-
-@implementer(IProtocol)
-class _LostGuard:
+class ChannelOpener:
     """
-    Wraps ClientService's protocol proxy.  ClientService has no state transition
-    for a connection lost while it is still connecting or after it stopped (it
-    raises automat's C{NoTransition} from C{connectionLost}, logged as an
-    unhandled error).  txmsg orders its own work so the state is consistent,
-    and this guard keeps that case from surfacing as a traceback.
+    What a ready hook is given: it opens channels on the connection that was
+    just made ready (and fails once that connection is gone).
     """
 
-    def __init__(self, wrapped: Any) -> None:
-        self._wrapped = wrapped
+    __slots__ = ("_protocol",)
 
-    def makeConnection(self, transport: Any) -> None:
-        self._wrapped.makeConnection(transport)
-        # the hot path skips the proxies: bytes go straight to the AMQP protocol
-        self.dataReceived = self._wrapped._protocol.dataReceived  # type: ignore[method-assign]
+    def __init__(self, protocol: AMQPProtocol) -> None:
+        self._protocol = protocol
 
-    def connectionMade(self) -> None:  # pragma: no cover - makeConnection calls it
-        pass
+    def __call__(self) -> Deferred[Channel]:
+        """
+        Open a new channel on this connection.
+        """
+        return self._protocol.open_channel()
 
-    def dataReceived(self, data: bytes) -> None:
-        self._wrapped.dataReceived(data)
+    def __repr__(self) -> str:
+        return f"<ChannelOpener {self._protocol.params.safe_url}>"
 
-    def connectionLost(self, reason: Failure) -> None:
-        try:
-            self._wrapped.connectionLost(reason)
-        except NoTransition:
-            pass
+    @property
+    def is_open(self) -> bool:
+        """
+        Whether the connection is still open.
+        """
+        return self._protocol.is_open
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._wrapped, name)
+    @property
+    def frame_max(self) -> int:
+        """
+        The largest frame the connection takes.
+        """
+        return self._protocol.frame_max
 
 
-@implementer(IProtocolFactory)
-class _GuardedFactory:
-    def __init__(self, factory: Any) -> None:
-        self._factory = factory
+#: run with a L{ChannelOpener} on every connection once its topology is declared
+ReadyHook = Callable[[ChannelOpener], "Deferred[Any] | None"]
 
-    def buildProtocol(self, addr: Any) -> Any:
-        built = self._factory.buildProtocol(addr)
-        return None if built is None else _LostGuard(built)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._factory, name)
+@dataclass(frozen=True)
+class FailedAttempt:
+    """
+    Why an attempt to connect failed: the broker's URL (password masked) and
+    the error (a refused TCP connection, a failed handshake, a lost connection).
+    """
+
+    url: str
+    error: BaseException
+
+    def __str__(self) -> str:
+        return f"{self.url}: {self.error}"
 
 
 class NoBrokerAvailable(ConnectError):
@@ -140,12 +143,19 @@ class ClusterEndpoint:
 
     _log = Logger()
 
-    def __init__(self, params: Sequence[ConnectionParameters], reactor: Any) -> None:
+    def __init__(
+        self,
+        params: Sequence[ConnectionParameters],
+        reactor: Any,
+        on_failure: Callable[[FailedAttempt], None] | None = None,
+    ) -> None:
         if not params:
             raise ValueError("at least one broker URL is needed")
         self.params = list(params)
         self.reactor = reactor
         self.current = self.params[0]
+        #: called with each URL that did not accept a connection
+        self.on_failure = on_failure
 
     def __repr__(self) -> str:
         return f"<ClusterEndpoint {_safe_urls(self.params)}>"
@@ -157,15 +167,17 @@ class ClusterEndpoint:
             self.current = params
             self._log.info("connecting to {url}", url=params.safe_url)
             try:
-                protocol = yield params.endpoint(self.reactor).connect(_GuardedFactory(protocolFactory))
+                protocol = yield params.endpoint(self.reactor).connect(GuardedFactory(protocolFactory))
             except CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - refused, unreachable, unresolvable: try the next
                 self._log.info("{url} did not answer: {error}", url=params.safe_url, error=e)
+                if self.on_failure is not None:
+                    self.on_failure(FailedAttempt(params.safe_url, e))
                 errors.append(f"{params.safe_url}: {e}")
             else:
                 # the transport talks to the guard; ClientService gets its own proxy
-                return protocol._wrapped if isinstance(protocol, _LostGuard) else protocol
+                return protocol._wrapped if isinstance(protocol, LostGuard) else protocol
         raise NoBrokerAvailable(string="; ".join(errors))
 
 
@@ -209,17 +221,23 @@ class Connection(Service):
         self.reactor = reactor
         self.params = parse_urls(urls)
         self.name = name  # type: ignore[assignment]  # Service declares it None
-        self.endpoint = ClusterEndpoint(self.params, reactor)
+        self.endpoint = ClusterEndpoint(self.params, reactor, self._attempt_failed)
+        #: why the last attempt to connect failed (a L{FailedAttempt}), or
+        #: L{None} once connected: what to tell a user who waited in vain
+        self.last_failure: FailedAttempt | None = None
         self._policy = retry_policy or backoffPolicy(initialDelay=0.5, maxDelay=30.0)
         self._failures = 0
         self.protocol: AMQPProtocol | None = None
+        #: opens channels on the live connection (what ready hooks get)
+        self.opener: ChannelOpener | None = None
         self.topology: list[Declarable] = []
         self.names: dict[Any, str] = {}
         self._hooks: list[ReadyHook] = []
         self._waiters: list[Deferred[AMQPProtocol]] = []
         self._fatal: Failure | None = None
         self._service: ClientService | None = None
-        self._control: Channel | None = None
+        #: the channel declarations go on, and the connection it is on
+        self._control: tuple[AMQPProtocol, Channel] | None = None
         self._declare_lock = DeferredLock()
         self._stop_listeners: list[Callable[[Failure], None]] = []
         self._stopped = False
@@ -280,6 +298,7 @@ class Connection(Service):
         self._stopped = True
         service, self._service = self._service, None
         protocol, self.protocol = self.protocol, None
+        self.opener = None
         stopped = Failure(ConnectionLost("the connection was stopped"))
         self._fail_waiters(stopped)
         self._tell_stopped(stopped)
@@ -296,11 +315,18 @@ class Connection(Service):
     def is_connected(self) -> bool:
         return self.protocol is not None and self.protocol.is_open
 
-    def when_ready(self) -> Deferred[AMQPProtocol]:
+    def when_ready(self) -> Deferred[Connection]:
         """
-        Fire with the live protocol once connected, with topology declared and
-        every ready-hook run; fail with a L{FatalConnectionError} if the broker
-        refuses us in a way that retrying cannot fix.
+        Fire with this connection once it is connected, with topology
+        declared and every ready-hook run (starting it if needed); fail with
+        a L{FatalConnectionError} if the broker refuses us in a way that
+        retrying cannot fix, or with L{ConnectionLost} once it was stopped.
+        """
+        return self._live().addCallback(lambda _: self)
+
+    def _live(self) -> Deferred[AMQPProtocol]:
+        """
+        The live protocol, once there is one (see L{when_ready}).
         """
         if self._fatal is not None:
             return fail(self._fatal)
@@ -316,29 +342,31 @@ class Connection(Service):
 
     def connect(self) -> Deferred[Connection]:
         """
-        Start the service if needed; fire with this connection once it is ready.
+        Start the service if needed; fire with this connection once it is
+        ready (the same as L{when_ready}).
         """
-        return self.when_ready().addCallback(lambda _: self)
+        return self.when_ready()
 
     @inlineCallbacks
     def channel(self) -> Any:
         """
         Open a new channel on the live connection (waiting for one if needed).
         """
-        protocol = yield self.when_ready()
+        protocol = yield self._live()
         channel = yield protocol.open_channel()
         return channel
 
     def add_ready_hook(self, hook: ReadyHook) -> None:
         """
-        Run C{hook(protocol)} on every connection once topology is declared; if
-        connected now, run it at once too.  Producers and consumers use this to
-        open their channels again after a reconnect.
+        Run C{hook(opener)} on every connection once topology is declared
+        (C{opener()} opens a channel on that connection: a L{ChannelOpener});
+        if connected now, run it at once too.  Producers and consumers use
+        this to open their channels again after a reconnect.
         """
         self._hooks.append(hook)
-        protocol = self.protocol
-        if protocol is not None and protocol.is_open:
-            d = hook(protocol)
+        opener = self.opener
+        if opener is not None and opener.is_open:
+            d = hook(opener)
             if isinstance(d, Deferred):
                 d.addErrback(lambda f: self._log.failure("ready hook {hook} failed", f, hook=hook))
 
@@ -363,7 +391,7 @@ class Connection(Service):
         Declare topology now and on every reconnect.  A declaration the broker
         refuses fails with its L{ChannelError} and is not kept for replay.
         """
-        protocol = yield self.when_ready()
+        protocol = yield self._live()
         results = []
         for item in items:
             # one declaration at a time on the control channel: a refused one
@@ -427,9 +455,11 @@ class Connection(Service):
 
     @inlineCallbacks
     def _control_channel(self, protocol: AMQPProtocol) -> Any:
-        channel = self._control
-        if channel is None or not channel.is_open or channel.protocol is not protocol:
-            channel = self._control = yield protocol.open_channel()
+        control = self._control
+        if control is not None and control[0] is protocol and control[1].is_open:
+            return control[1]
+        channel = yield protocol.open_channel()
+        self._control = (protocol, channel)
         return channel
 
     # ------------------------------------------------------------------
@@ -448,7 +478,7 @@ class Connection(Service):
         ClientService cannot take a connection lost while preparing it as a
         failure.  A failed preparation aborts the connection and waits for the loss.
         """
-        protocol = cast(AMQPProtocol, getattr(proxy, "_protocol", proxy))
+        protocol = cast(AMQPProtocol, real_protocol(proxy))
         # ClientService cancels this when stopped mid-way: drop the connection then.
         done: Deferred[None] = Deferred(lambda _: protocol.transport.abortConnection())
 
@@ -458,11 +488,14 @@ class Connection(Service):
 
         protocol.when_lost(self._lost)
         protocol.when_lost(finish)
-        d = self._setup(protocol)
+        opener = ChannelOpener(protocol)
+        d = self._setup(protocol, opener)
 
         def ready(_: object) -> None:
             self._failures = 0
+            self.last_failure = None
             self.protocol = protocol
+            self.opener = opener
             self._log.info("connected to {url}", url=protocol.params.safe_url)
             waiters, self._waiters = self._waiters, []
             for w in waiters:
@@ -471,6 +504,7 @@ class Connection(Service):
 
         def failed(reason: Failure) -> None:
             self._failures += 1
+            self._attempt_failed(FailedAttempt(protocol.params.safe_url, reason.value))
             # a refused deprecated feature in the topology replayed on connect
             # is refused again on every connection: as fatal as a bad password
             if reason.check(FatalConnectionError, DeprecatedFeature):
@@ -494,7 +528,7 @@ class Connection(Service):
         return done
 
     @inlineCallbacks
-    def _setup(self, protocol: AMQPProtocol) -> Any:
+    def _setup(self, protocol: AMQPProtocol, opener: ChannelOpener) -> Any:
         yield protocol.handshake
         self._control = None
         self.names.clear()
@@ -509,20 +543,25 @@ class Connection(Service):
             hook = self._hooks[index]
             index += 1
             try:
-                yield hook(protocol)
+                yield hook(opener)
             except Exception:  # noqa: BLE001 - one failing hook must not keep the others from running
                 self._log.failure("ready hook {hook} failed", hook=hook)
         if protocol.lost:
             raise ConnectionLost("the connection was lost while it was being prepared")
 
+    def _attempt_failed(self, attempt: FailedAttempt) -> None:
+        self.last_failure = attempt
+
     def _lost(self, reason: Failure) -> None:
         if self.protocol is not None and self.protocol.lost:
+            self.last_failure = FailedAttempt(self.protocol.params.safe_url, reason.value)
             self._log.warn(
                 "connection to {url} lost: {error}",
                 url=self.protocol.params.safe_url,
                 error=reason.getErrorMessage(),
             )
             self.protocol = None
+            self.opener = None
             self._control = None
 
     def _stop_after_fatal(self) -> None:
@@ -538,4 +577,15 @@ class Connection(Service):
             w.errback(reason)
 
 
-__all__ = ["ClusterEndpoint", "Connection", "Declarable", "Deletable", "NoBrokerAvailable", "TxmsgError"]
+__all__ = [
+    "Channel",
+    "ChannelOpener",
+    "ClusterEndpoint",
+    "Connection",
+    "Declarable",
+    "Deletable",
+    "FailedAttempt",
+    "NoBrokerAvailable",
+    "ReadyHook",
+    "TxmsgError",
+]

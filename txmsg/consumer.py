@@ -14,20 +14,19 @@ a channel error or a broker-side cancel the consumer resumes by itself.
 
 from __future__ import annotations
 
-import inspect
+import warnings
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txmsg._acks import Acks
-from txmsg._channel import Channel
-from txmsg._protocol import AMQPProtocol
-from txmsg.connection import Connection
+from txmsg._outcome import run_handler
+from txmsg.connection import Channel, ChannelOpener, Connection
 from txmsg.errors import (
     ChannelError,
     DeprecatedFeature,
@@ -69,22 +68,6 @@ class Reject(TxmsgError):
     """
     Raise from a handler to reject the message without requeue (dead-letter it).
     """
-
-
-def call_handler(handler: Handler, message: Message) -> Deferred[Any]:
-    """
-    Call C{handler(message)}; a Deferred of its outcome whether it returns a
-    value, a Deferred or a coroutine, or raises.
-    """
-    try:
-        result = handler(message)
-    except Exception:  # noqa: BLE001 - the handler's failure is the outcome
-        return fail(Failure())
-    if isinstance(result, Deferred):
-        return result
-    if inspect.isawaitable(result):
-        return ensureDeferred(cast(Any, result))
-    return succeed(result)
 
 
 def delivery_count(message: Message) -> int | None:
@@ -235,7 +218,7 @@ class Consumer(Service):
         acks = self._acks
         d: Deferred[Any] = succeed(None)
         if channel is not None and channel.is_open and self.consumer_tag:
-            d = channel.call("basic.cancel", consumer_tag=self.consumer_tag)
+            d = channel.basic_cancel(self.consumer_tag)
             d.addErrback(lambda _: None)
 
         def drained(_: object) -> Deferred[Any]:
@@ -280,11 +263,12 @@ class Consumer(Service):
         self.connection.hold_open(d)
         return d
 
-    def wait_consuming(self) -> Deferred[Consumer]:
+    def when_ready(self) -> Deferred[Consumer]:
         """
-        Fire once this consumer is registered with the broker; fail with the
-        broker's error if registering failed (e.g. L{NotFound} for a missing
-        queue).  The consumer keeps retrying in the background either way.
+        Fire with this consumer once it is registered with the broker
+        (consuming); fail with the broker's error if registering failed (e.g.
+        L{NotFound} for a missing queue).  The consumer keeps retrying in the
+        background either way.
         """
         if self.channel is not None and self.channel.is_open and self.consumer_tag:
             return succeed(self)
@@ -294,10 +278,19 @@ class Consumer(Service):
         self._consuming_waiters.append(d)
         return d
 
+    def wait_consuming(self) -> Deferred[Consumer]:
+        """
+        Deprecated spelling of L{when_ready}.
+        """
+        warnings.warn(
+            "Consumer.wait_consuming() is deprecated: use when_ready()", DeprecationWarning, stacklevel=2
+        )
+        return self.when_ready()
+
     # ------------------------------------------------------------------
     # registering with the broker
 
-    def _on_ready(self, protocol: AMQPProtocol) -> Deferred[Any]:
+    def _on_ready(self, opener: ChannelOpener) -> Deferred[Any]:
         if self._refused is not None:
             return succeed(None)  # refused for good: said once, not asked again
         owns = self.owns_queue
@@ -311,13 +304,9 @@ class Consumer(Service):
             if owns:
                 assert self._declare_as is not None
                 d = self._declare_as.declare(channel, self.connection.names)
-            d.addCallback(
-                lambda _: channel.call(
-                    "basic.qos", prefetch_size=0, prefetch_count=self.prefetch, global_=False
-                )
-            )
+            d.addCallback(lambda _: channel.basic_qos(self.prefetch))
             d.addCallback(lambda _: self._queue_name())
-            d.addCallback(lambda name: channel.call("basic.consume", queue=name, consumer_tag=""))
+            d.addCallback(lambda name: channel.basic_consume(name))
 
             def consuming(result: dict[str, Any]) -> None:
                 self.consumer_tag = result["consumer_tag"]
@@ -365,7 +354,7 @@ class Consumer(Service):
             self._schedule_resume()
 
         # A consumer that cannot start must not keep the connection from being ready.
-        return protocol.open_channel().addCallback(opened).addErrback(failed)
+        return opener().addCallback(opened).addErrback(failed)
 
     def _queue_name(self) -> str:
         queue = self.queue
@@ -381,7 +370,7 @@ class Consumer(Service):
             if self._acks is not None:
                 self._acks.discard()
             self._acks = None
-        if self.running and reason.check(ChannelError) and channel.protocol.is_open:
+        if self.running and reason.check(ChannelError) and channel.connection_open:
             # e.g. 406 from a consumer timeout: the connection lives, so start again
             self._log.warn(
                 "consumer channel on {queue} closed: {error}", queue=self.queue, error=reason.value
@@ -424,14 +413,14 @@ class Consumer(Service):
 
     def _try_resume(self) -> None:
         self._resume = None
-        protocol = self.connection.protocol
-        if not self.running or protocol is None or not protocol.is_open:
+        opener = self.connection.opener
+        if not self.running or opener is None or not opener.is_open:
             return  # the next connection's ready hook starts it
         d: Deferred[Any] = succeed(None)
         if isinstance(self.queue, Queue) and self.queue in self.connection.topology:
             # a deleted queue that is part of the connection's topology is declared again
             d = self.connection.declare(self.queue)
-        d.addCallback(lambda _: self._on_ready(protocol))
+        d.addCallback(lambda _: self._on_ready(opener))
         d.addErrback(self._on_ready_failed)
 
     def _on_ready_failed(self, reason: Failure) -> None:
@@ -499,13 +488,11 @@ class Consumer(Service):
             return
         # A synchronous handler is settled at once; only an asynchronous result
         # (a Deferred or an awaitable) pays for Deferred machinery.
-        try:
-            result = self.handler(message)
-        except Exception:  # noqa: BLE001 - any handler error is the message's outcome
-            self._settle(acks, message, Failure())
-            return
-        if isinstance(result, Deferred) or inspect.isawaitable(result):
-            d = ensureDeferred(cast(Any, result)) if not isinstance(result, Deferred) else result
+        result = run_handler(self.handler, message)
+        if isinstance(result, Failure):
+            self._settle(acks, message, result)
+        elif isinstance(result, Deferred):
+            d = result
             acks.begin(tag)
             self._in_flight[d] = acks.channel
 

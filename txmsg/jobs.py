@@ -241,7 +241,7 @@ class _Run:
 
         def consume(_: object) -> Deferred[Any]:
             consumer.startService()
-            return consumer.wait_consuming()
+            return consumer.when_ready()
 
         d.addCallback(consume)
         d.addCallback(lambda _: self._submit())

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any
 
-from txmsg._codec import PROPERTY_NAMES, timestamp_to_datetime
+from txmsg._properties import PROPERTY_NAMES, timestamp_to_datetime
 from txmsg.errors import UndecodableMessage
 
 JSON = "application/json"
@@ -29,7 +29,7 @@ PICKLE_TYPES = frozenset({"application/python-pickle", "application/x-python-pic
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
 
-def _media_type(content_type: str | None) -> tuple[str, str | None]:
+def media_type(content_type: str | None) -> tuple[str, str | None]:
     """
     Split C{"text/plain; charset=latin-1"} into its media type and charset.
     """
@@ -44,7 +44,7 @@ def _media_type(content_type: str | None) -> tuple[str, str | None]:
     return main.strip().lower(), charset
 
 
-def _is_json(media: str) -> bool:
+def is_json(media: str) -> bool:
     return media == JSON or (media.startswith("application/") and media.endswith("+json"))
 
 
@@ -57,11 +57,11 @@ def encode_payload(payload: Any, content_type: str | None = None) -> tuple[bytes
     type encodes JSON, C{text/*} encodes text in its charset, and a pickle type
     pickles (only when asked for by name).
     """
-    media, charset = _media_type(content_type)
+    media, charset = media_type(content_type)
     if isinstance(payload, (bytes, bytearray, memoryview)):
         return bytes(payload), content_type
     if media:
-        if _is_json(media):
+        if is_json(media):
             return json.dumps(payload, separators=(",", ":")).encode("utf-8"), content_type
         if media.startswith("text/"):
             if not isinstance(payload, str):
@@ -244,8 +244,8 @@ class Message:
         @raise UndecodableMessage: if the body is not what its content type says,
             or is pickle and this consumer did not opt in.
         """
-        media, charset = _media_type(self.content_type)
-        if _is_json(media):
+        media, charset = media_type(self.content_type)
+        if is_json(media):
             try:
                 return json.loads(self.body.decode(charset or "utf-8"))
             except (UnicodeDecodeError, ValueError, LookupError) as e:
@@ -270,7 +270,7 @@ class Message:
 
         @raise UndecodableMessage: if it does not decode.
         """
-        _, charset = _media_type(self.content_type)
+        _, charset = media_type(self.content_type)
         try:
             return self.body.decode(charset or "utf-8")
         except (UnicodeDecodeError, LookupError) as e:

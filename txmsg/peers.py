@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 
 from txmsg._declaring_service import DeclaringService
 from txmsg.connection import Connection
-from txmsg.consumer import DEFAULT_PREFETCH, Consumer, Handler, call_handler
+from txmsg.consumer import DEFAULT_PREFETCH, Consumer, Handler
 from txmsg.message import Message
 from txmsg.producer import Producer
 from txmsg.topology import Binding, Exchange, Queue
@@ -110,7 +110,7 @@ class PeerGroup(DeclaringService):
         if self.ignore_self and self.sender(message) == self.peer_id:
             return None
         self.heard += 1
-        return call_handler(self.handler, message)
+        return self.handler(message)  # the consumer makes its outcome (txmsg._outcome)
 
 
 __all__ = ["PEER_HEADER", "PeerGroup"]

@@ -26,9 +26,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txmsg._channel import Channel, check_publish
-from txmsg._protocol import AMQPProtocol
-from txmsg.connection import Connection
+from txmsg.connection import Channel, ChannelOpener, Connection
 from txmsg.errors import ChannelError, MessageTooLarge, TxmsgError, names_exchange, too_large
 from txmsg.message import Message, encode_message
 
@@ -135,6 +133,8 @@ class Producer:
         self.confirmed = 0
         self.failed = 0
         self._channel: Channel | None = None
+        #: opens channels on the live connection (from its ready hook)
+        self._opener: ChannelOpener | None = None
         self._next_tag = 1
         #: delivery tag -> pending publish, in publish order
         self._unconfirmed: OrderedDict[int, _Pending] = OrderedDict()
@@ -143,6 +143,8 @@ class Producer:
         self._waiting: deque[_Pending] = deque()
         self._by_message_id: dict[str, _Pending] = {}
         self._watching = False
+        #: when_ready() callers, fired once a publishing channel is ready
+        self._ready_waiters: list[Deferred[Producer]] = []
         #: room() callers: (limit, Deferred), fired when fewer than limit are pending
         self._room_waiters: list[tuple[int, Deferred[None]]] = []
         #: the frame_max of the last connection, for checking publishes made while down
@@ -204,7 +206,7 @@ class Producer:
                 self._send(channel, pending)
             else:
                 # refuse now what could never be sent, rather than after the wait
-                check_publish(exchange, routing_key, props, self._frame_max)
+                Channel.check_publish(exchange, routing_key, props, self._frame_max)
                 self._waiting.append(pending)
                 if channel is None:
                     self._watch_connection()
@@ -213,6 +215,21 @@ class Producer:
         if timeout is not None and not pending.deferred.called:
             pending.timer = self.connection.reactor.callLater(timeout, self._timed_out, pending)
         return pending.deferred
+
+    def when_ready(self) -> Deferred[Producer]:
+        """
+        Fire with this producer once it has a channel to publish on (with
+        confirms selected): a publish made then is written at once.  Fail if
+        the connection stops for good first (e.g. L{AuthenticationError}).
+        A publish made before this fires is not lost: it waits, in order.
+        """
+        channel = self._channel
+        if channel is not None and channel.is_open:
+            return succeed(self)
+        d: Deferred[Producer] = Deferred()
+        self._ready_waiters.append(d)
+        self._watch_connection()
+        return d
 
     @property
     def unconfirmed(self) -> int:
@@ -269,13 +286,7 @@ class Producer:
     # ------------------------------------------------------------------
 
     def _can_write(self, channel: Channel) -> bool:
-        protocol = channel.protocol
-        return (
-            channel.is_open
-            and protocol.writable
-            and protocol.blocked is None
-            and len(self._unconfirmed) < self.window
-        )
+        return channel.can_send and len(self._unconfirmed) < self.window
 
     def _drain(self) -> None:
         """
@@ -340,15 +351,19 @@ class Producer:
         self._channel = None
         for p in pending:
             self._settle(p, reason)
+        ready_waiters, self._ready_waiters = self._ready_waiters, []
+        for w in ready_waiters:
+            w.errback(reason)
 
-    def _on_ready(self, protocol: AMQPProtocol) -> Deferred[Any]:
-        d = protocol.open_channel()
+    def _on_ready(self, opener: ChannelOpener) -> Deferred[Any]:
+        self._opener = opener
+        d = opener()
 
         def opened(channel: Channel) -> Deferred[Any]:
             channel.on_confirm = self._confirmed
             channel.on_return = self._returned
             channel.when_closed(lambda reason: self._channel_closed(channel, reason))
-            d = channel.call("confirm.select") if self.confirm else succeed(None)
+            d = channel.confirm_select() if self.confirm else succeed(None)
             if self.on_channel is not None:
                 hook = self.on_channel
                 d.addCallback(lambda _: hook(channel))
@@ -364,18 +379,15 @@ class Producer:
         self._by_message_id.clear()
         self._waiting.extendleft(reversed(resend))
         self._channel = channel
-        self._frame_max = channel.protocol.frame_max
+        self._frame_max = channel.frame_max
         self._next_tag = 1
         if resend:
             self._log.info("publishing {n} unconfirmed messages again", n=len(resend))
-        protocol = channel.protocol
-        protocol.flow_listeners.append(self._drain)
-        channel.when_closed(lambda _: self._forget_flow(protocol))
+        channel.on_writable = self._drain
         self._drain()
-
-    def _forget_flow(self, protocol: AMQPProtocol) -> None:
-        if self._drain in protocol.flow_listeners:
-            protocol.flow_listeners.remove(self._drain)
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for w in waiters:
+            w.callback(self)
 
     def _channel_closed(self, channel: Channel, reason: Failure) -> None:
         if self._channel is channel:
@@ -399,9 +411,11 @@ class Producer:
                 reason = Failure(MessageTooLarge(size, limit, text))
             for pending in culprits or unconfirmed:
                 self._settle(pending, reason)
-            protocol = channel.protocol
-            if protocol.is_open and self.connection.protocol is protocol:
-                self._on_ready(protocol).addErrback(
+            # again on this connection if it is still the live one (settling
+            # the publishes above may have stopped it)
+            opener = self._opener
+            if opener is not None and opener is self.connection.opener and opener.is_open:
+                self._on_ready(opener).addErrback(
                     lambda f: self._log.failure("reopening the publishing channel", f)
                 )
 
@@ -459,6 +473,9 @@ class Producer:
         )
 
     def _fail_waiting(self, reason: Failure) -> None:
+        ready_waiters, self._ready_waiters = self._ready_waiters, []
+        for w in ready_waiters:
+            w.errback(reason)
         waiting, self._waiting = list(self._waiting), deque()
         for pending in waiting:
             self._settle(pending, reason)

@@ -31,21 +31,20 @@ are confirmed before the ack).
 
 from __future__ import annotations
 
-import inspect
 import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txmsg._channel import Channel
 from txmsg._declaring_service import DeclaringService
-from txmsg.connection import Connection
+from txmsg._outcome import run_handler
+from txmsg.connection import Channel, Connection
 from txmsg.consumer import (
     DEFAULT_MAX_REDELIVERIES,
     DEFAULT_PREFETCH,
@@ -55,7 +54,7 @@ from txmsg.consumer import (
     Requeue,
 )
 from txmsg.errors import ChannelError, NotFound, TxmsgError, names_exchange
-from txmsg.message import JSON, Message, _is_json, _media_type, encode_payload
+from txmsg.message import JSON, Message, encode_payload, is_json, media_type
 from txmsg.producer import Producer, Unroutable
 from txmsg.topology import Binding, Exchange, Queue
 
@@ -120,8 +119,8 @@ def encode_reply(request: Message, result: Any) -> tuple[Any, str | None]:
     Encode a handler's result the way the request was encoded: JSON for a JSON
     request, otherwise text for C{str}, raw for bytes and JSON for other data.
     """
-    media, _ = _media_type(request.content_type)
-    if _is_json(media) and not isinstance(result, (bytes, bytearray, memoryview)):
+    media, _ = media_type(request.content_type)
+    if is_json(media) and not isinstance(result, (bytes, bytearray, memoryview)):
         return encode_payload(result, JSON)
     return encode_payload(result)
 
@@ -211,20 +210,18 @@ class RpcServer(DeclaringService):
         self.answered = 0
         self.errors = 0
 
-    def _answer(self, request: Message) -> Deferred[Any] | None:
-        handler = self.handler
-        try:
-            result = handler(request)
-        except (Requeue, Reject):
-            raise
-        except Exception:  # noqa: BLE001 - the handler's failure is the reply
-            d = fail(Failure())
+    def _answer(self, request: Message) -> Any:
+        result = run_handler(self.handler, request)
+        if isinstance(result, Failure):
+            if result.check(Requeue, Reject):
+                return result  # the consumer settles the request as the handler asked
+            d: Deferred[Any] = fail(result)
+        elif isinstance(result, Deferred):
+            d = result
         else:
-            if not isinstance(result, Deferred) and not inspect.isawaitable(result):
-                # A synchronous handler whose reply is written at once is done:
-                # the consumer acks it without Deferred machinery.
-                return _now_or_later(self._reply(request, result, None))
-            d = result if isinstance(result, Deferred) else ensureDeferred(cast(Any, result))
+            # A synchronous handler whose reply is written at once is done:
+            # the consumer acks it without Deferred machinery.
+            return _now_or_later(self._reply(request, result, None))
 
         def replied(result: Any) -> Any:
             return self._reply(request, result, None)
@@ -279,10 +276,7 @@ class RpcServer(DeclaringService):
 
 
 def _now_or_later(d: Deferred[Any]) -> Deferred[Any] | None:
-    """
-    C{None} if C{d} has already succeeded (it is spent), else a Deferred of
-    its outcome.
-    """
+    """C{None} if C{d} has already succeeded (it is spent), else a Deferred of its outcome."""
     if not d.called:
         return d
     outcome: list[Any] = []
@@ -292,10 +286,6 @@ def _now_or_later(d: Deferred[Any]) -> Deferred[Any] | None:
     if isinstance(outcome[0], Failure):
         return fail(outcome[0])
     return None
-
-
-# ---------------------------------------------------------------------------
-# client
 
 
 class _Call:
@@ -371,6 +361,13 @@ class RpcClient:
         # call by correlation id.
         self.producer = Producer(connection, confirm=False, on_channel=self._listen, on_return=self._returned)
 
+    def when_ready(self) -> Deferred[RpcClient]:
+        """
+        Fire with this client once it listens for replies and can send
+        requests at once.  A call made before is not lost: it waits.
+        """
+        return self.producer.when_ready().addCallback(lambda _: self)
+
     def _listen(self, channel: Channel) -> Deferred[Any]:
         # Direct reply-to replies only reach the channel that published the
         # request, and consuming must start before publishing: the producer
@@ -380,7 +377,7 @@ class RpcClient:
         queue = self.reply_to
         if self._reply_queue is not None:
             d = self._reply_queue.declare(channel, self.connection.names)
-        d.addCallback(lambda _: channel.call("basic.consume", queue=queue, consumer_tag="", no_ack=True))
+        d.addCallback(lambda _: channel.basic_consume(queue, no_ack=True))
 
         def consuming(result: dict[str, Any]) -> None:
             channel.consumers[result["consumer_tag"]] = self._received

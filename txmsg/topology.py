@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred
 
-from txmsg._channel import Channel
+from txmsg.connection import Channel
 
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 
@@ -65,10 +65,9 @@ class Exchange:
                 )
 
     def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[Any]:
-        return channel.call(
-            "exchange.declare",
-            exchange=self.name,
-            type=self.type,
+        return channel.exchange_declare(
+            self.name,
+            self.type,
             passive=self.passive,
             durable=self.durable,
             auto_delete=self.auto_delete,
@@ -77,7 +76,7 @@ class Exchange:
         ).addCallback(lambda _: self)
 
     def delete(self, channel: Channel, if_unused: bool = False) -> Deferred[Any]:
-        return channel.call("exchange.delete", exchange=self.name, if_unused=if_unused)
+        return channel.exchange_delete(self.name, if_unused=if_unused)
 
 
 @dataclass(frozen=True)
@@ -166,19 +165,18 @@ class Queue:
         """
         Delete this queue (by its name; a server-named queue has none to give).
         """
-        return channel.call("queue.delete", queue=self.name, if_unused=if_unused, if_empty=if_empty)
+        return channel.queue_delete(self.name, if_unused=if_unused, if_empty=if_empty)
 
     def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[QueueInfo]:
         def declared(result: dict[str, Any]) -> QueueInfo:
             names[self] = result["queue"]
             return QueueInfo(result["queue"], result["message_count"], result["consumer_count"])
 
-        return channel.call(
-            "queue.declare",
-            queue=self.name,
+        return channel.queue_declare(
+            self.name,
             passive=self.passive,
-            durable=self.durable,
-            exclusive=self.exclusive,
+            durable=bool(self.durable),
+            exclusive=bool(self.exclusive),
             auto_delete=self.auto_delete,
             arguments=dict(self.arguments),
         ).addCallback(declared)
@@ -216,12 +214,11 @@ class Binding:
         return cls(queue, exchange, "", {"x-match": match, **headers})
 
     def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[Any]:
-        return channel.call(
-            "queue.bind",
-            queue=_name(self.queue, names),
-            exchange=_name(self.exchange, names),
-            routing_key=self.routing_key,
-            arguments=dict(self.arguments),
+        return channel.queue_bind(
+            _name(self.queue, names),
+            _name(self.exchange, names),
+            self.routing_key,
+            dict(self.arguments),
         ).addCallback(lambda _: self)
 
 
@@ -238,10 +235,9 @@ class ExchangeBinding:
     arguments: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[Any]:
-        return channel.call(
-            "exchange.bind",
-            destination=_name(self.destination, names),
-            source=_name(self.source, names),
-            routing_key=self.routing_key,
-            arguments=dict(self.arguments),
+        return channel.exchange_bind(
+            _name(self.destination, names),
+            _name(self.source, names),
+            self.routing_key,
+            dict(self.arguments),
         ).addCallback(lambda _: self)

@@ -50,28 +50,32 @@ given the reactor to use.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, cast
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
-    IOpenSSLClientConnectionCreator,
     IStreamClientEndpoint,
 )
-from zope.interface import implementer
 
+from txmsg._url_syntax import (
+    _MAX_SHORT,
+    Problem,
+    _check_int,
+    _decode,
+    _parse_host_and_port,
+    _parse_query,
+    is_ip_address,
+)
 from txmsg.errors import TxmsgError
 
 if TYPE_CHECKING:
-    from OpenSSL.SSL import Connection, Context
-    from twisted.internet.ssl import Certificate, PrivateCertificate
-    from twisted.protocols.tls import TLSMemoryBIOProtocol
+    pass
 
 __all__ = [
     "DEFAULT_URL",
@@ -93,35 +97,14 @@ URL_ENV_VAR: Final = "TXMSG_URL"
 
 _DEFAULT_PORTS: Final = {"amqp": 5672, "amqps": 5671}
 
-_MAX_SHORT: Final = 65535
 _MIN_FRAME_MAX: Final = 4096
 _MAX_FRAME_MAX: Final = 2**32 - 1
 
 _MAX_CONNECTION_TIMEOUT: Final = 3600
 _PASSWORD_MASK: Final = "***"  # noqa: S105 - the mask, not a password
 
-_INTEGER = re.compile(r"[0-9]+")
-_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
-_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _URL_SEPARATORS = re.compile(r"[\s,]+")
-_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
-
-#: Query parameter names accepted, each with the name it stands for.
-_QUERY_NAMES: Final = {
-    "heartbeat": "heartbeat",
-    "connection_timeout": "connection_timeout",
-    "channel_max": "channel_max",
-    "frame_max": "frame_max",
-    "cacertfile": "cacertfile",
-    "cafile": "cacertfile",
-    "certfile": "certfile",
-    "keyfile": "keyfile",
-    "server_name_indication": "server_name_indication",
-    "verify": "verify",
-}
-_TLS_QUERY_NAMES: Final = frozenset({"cacertfile", "certfile", "keyfile", "server_name_indication", "verify"})
-_VERIFY_VALUES: Final = {"verify_peer": True, "verify_none": False}
 
 
 class InvalidURL(TxmsgError, ValueError):
@@ -159,16 +142,6 @@ class InvalidURL(TxmsgError, ValueError):
         return (type(self), (self.reason, self.url))
 
 
-class _Problem(Exception):
-    """
-    Raised inside the parser; L{parse_url} turns it into L{InvalidURL}.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 def redact_url(url: str) -> str:
     """
     C{url} with the password, if it holds one, replaced by C{***}.
@@ -197,35 +170,6 @@ def redact_url(url: str) -> str:
     if colon == -1:
         return url
     return f"{url[: colon + 1]}{_PASSWORD_MASK}{url[at:]}"
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class _UnverifiedClientTLS:
-    """
-    Client TLS that does not check the server's certificate (C{verify_none})
-    but still sends the server name (SNI), which proxies may route on.
-    """
-
-    def __init__(self, hostname: str, context: Context) -> None:
-        """
-        @param hostname: the name to send in SNI; an IP address sends none.
-        @param context: the OpenSSL context, with verification off.
-        """
-        self._context = context
-        self._server_name: bytes | None = None
-        if not _is_ip_address(hostname):
-            self._server_name = hostname.encode("idna")
-
-    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> Connection:
-        """
-        A new OpenSSL connection for C{tlsProtocol}.
-        """
-        from OpenSSL.SSL import Connection
-
-        connection = Connection(self._context, None)
-        if self._server_name is not None:
-            connection.set_tlsext_host_name(self._server_name)
-        return connection
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -288,16 +232,16 @@ class ConnectionParameters:
         """
         try:
             self._normalise_and_check()
-        except _Problem as problem:
+        except Problem as problem:
             raise InvalidURL(problem.reason, self._url(_PASSWORD_MASK)) from None
 
     def _normalise_and_check(self) -> None:
         """
-        The body of L{__post_init__}, raising L{_Problem}.
+        The body of L{__post_init__}, raising L{Problem}.
         """
         if not isinstance(self.scheme, str) or self.scheme.lower() not in _DEFAULT_PORTS:
             object.__setattr__(self, "tls", False)
-            raise _Problem(f"unsupported scheme {self.scheme!r}; expected amqp or amqps")
+            raise Problem(f"unsupported scheme {self.scheme!r}; expected amqp or amqps")
         scheme = self.scheme.lower()
         object.__setattr__(self, "scheme", scheme)
         object.__setattr__(self, "tls", scheme == "amqps")
@@ -308,18 +252,18 @@ class ConnectionParameters:
             object.__setattr__(self, "host", self.host[1:-1])
         for name in ("host", "vhost", "username", "password"):
             if not isinstance(getattr(self, name), str):
-                raise _Problem(f"{name} must be a string")
+                raise Problem(f"{name} must be a string")
         if not self.host:
-            raise _Problem("host is empty")
+            raise Problem("host is empty")
         if not self.host.isprintable() or any(c in self.host for c in " /?#@[]"):
-            raise _Problem(f"invalid host {self.host!r}")
-        if ":" in self.host and not _is_ip_address(self.host):
-            raise _Problem(f"invalid IPv6 address {self.host!r}")
+            raise Problem(f"invalid host {self.host!r}")
+        if ":" in self.host and not is_ip_address(self.host):
+            raise Problem(f"invalid IPv6 address {self.host!r}")
         _check_int("heartbeat", self.heartbeat, 0, _MAX_SHORT)
         _check_int("channel_max", self.channel_max, 0, _MAX_SHORT)
         _check_int("frame_max", self.frame_max, 0, _MAX_FRAME_MAX)
         if 0 < self.frame_max < _MIN_FRAME_MAX:
-            raise _Problem(
+            raise Problem(
                 f"frame_max {self.frame_max} too small; use 0 (the broker's)"
                 f" or {_MIN_FRAME_MAX}-{_MAX_FRAME_MAX}"
             )
@@ -330,27 +274,27 @@ class ConnectionParameters:
             or not math.isfinite(timeout)
             or timeout <= 0
         ):
-            raise _Problem(f"connection_timeout must be a number of seconds > 0, got {timeout!r}")
+            raise Problem(f"connection_timeout must be a number of seconds > 0, got {timeout!r}")
         if timeout > _MAX_CONNECTION_TIMEOUT:
-            raise _Problem(
+            raise Problem(
                 f"connection_timeout {timeout:g} is over {_MAX_CONNECTION_TIMEOUT} s: txmsg reads it in "
                 "seconds, not milliseconds as RabbitMQ's Erlang client does"
             )
         object.__setattr__(self, "connection_timeout", float(timeout))
         if not isinstance(self.verify, bool):
-            raise _Problem(f"verify must be a bool, got {self.verify!r}")
+            raise Problem(f"verify must be a bool, got {self.verify!r}")
         for name in ("cafile", "certfile", "keyfile", "server_name_indication"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
-                raise _Problem(f"{name} must be a non-empty string or None")
+                raise Problem(f"{name} must be a non-empty string or None")
         if not self.tls:
             for name in ("cafile", "certfile", "keyfile", "server_name_indication"):
                 if getattr(self, name) is not None:
-                    raise _Problem(f"{name} is only valid with amqps://")
+                    raise Problem(f"{name} is only valid with amqps://")
             if not self.verify:
-                raise _Problem("verify=verify_none is only valid with amqps://")
+                raise Problem("verify=verify_none is only valid with amqps://")
         if self.keyfile is not None and self.certfile is None:
-            raise _Problem("keyfile requires certfile")
+            raise Problem("keyfile requires certfile")
 
     @property
     def safe_url(self) -> str:
@@ -441,62 +385,9 @@ class ConnectionParameters:
         )
         if not self.tls:
             return tcp
-        return wrapClientTLS(self._tls_connection_creator(), tcp, clock=reactor)
+        from txmsg._tls import wrap_client_tls
 
-    def _tls_connection_creator(self) -> IOpenSSLClientConnectionCreator:
-        """
-        The TLS client configuration for C{amqps}.
-        """
-        try:
-            from twisted.internet import ssl
-        except ImportError as exc:  # pragma: no cover - depends on installation
-            raise NotImplementedError(
-                "amqps:// needs pyOpenSSL and service_identity: pip install twisted[tls]"
-            ) from exc
-
-        hostname = self.server_name_indication or self.host
-        client_certificate = self._client_certificate()
-        if self.verify:
-            trust_root = None
-            if self.cafile is not None:
-                trust_root = ssl.trustRootFromCertificates(_load_ca_certificates(self.cafile))
-            return ssl.optionsForClientTLS(
-                hostname, trustRoot=trust_root, clientCertificate=client_certificate
-            )
-        if client_certificate is None:
-            options = ssl.CertificateOptions(verify=False)
-        else:
-            options = ssl.CertificateOptions(
-                privateKey=client_certificate.privateKey.original,
-                certificate=client_certificate.original,
-                verify=False,
-            )
-        return cast(
-            IOpenSSLClientConnectionCreator,
-            _UnverifiedClientTLS(hostname, options.getContext()),
-        )
-
-    def _client_certificate(self) -> PrivateCertificate | None:
-        """
-        The client certificate and key from C{certfile} and C{keyfile}, if
-        any.
-        """
-        if self.certfile is None:
-            return None
-        from twisted.internet.ssl import PrivateCertificate
-
-        pem = _read_file(self.certfile)
-        source = f"certfile {self.certfile}"
-        if self.keyfile is not None:
-            pem = pem + b"\n" + _read_file(self.keyfile)
-            source = f"{source} and keyfile {self.keyfile}"
-        try:
-            certificate: PrivateCertificate = PrivateCertificate.loadPEM(pem)
-        except Exception as exc:  # noqa: BLE001 - OpenSSL raises several kinds
-            raise ValueError(
-                f"cannot load a client certificate and private key from {source}: {exc}"
-            ) from None
-        return certificate
+        return wrap_client_tls(self, tcp, reactor)
 
 
 def parse_url(url: str) -> ConnectionParameters:
@@ -517,7 +408,7 @@ def parse_url(url: str) -> ConnectionParameters:
         raise InvalidURL("empty URL")
     try:
         return _parse(text)
-    except (_Problem, InvalidURL) as problem:
+    except (Problem, InvalidURL) as problem:
         raise InvalidURL(problem.reason, url) from None
 
 
@@ -572,23 +463,23 @@ def parse_urls(urls: str | Iterable[str] | None) -> list[ConnectionParameters]:
 
 def _parse(text: str) -> ConnectionParameters:
     """
-    The body of L{parse_url}, raising L{_Problem} or L{InvalidURL}.
+    The body of L{parse_url}, raising L{Problem} or L{InvalidURL}.
     """
     if not text.isprintable() or any(c.isspace() for c in text):
-        raise _Problem("whitespace or control character in the URL; percent-encode it")
+        raise Problem("whitespace or control character in the URL; percent-encode it")
     found = _SCHEME.match(text)
     if found is None:
-        raise _Problem("expected amqp:// or amqps:// at the start")
+        raise Problem("expected amqp:// or amqps:// at the start")
     scheme = found.group(1).lower()
     if scheme not in _DEFAULT_PORTS:
-        raise _Problem(f"unsupported scheme {found.group(1)!r}; expected amqp or amqps")
+        raise Problem(f"unsupported scheme {found.group(1)!r}; expected amqp or amqps")
     rest = text[found.end() :]
     if "#" in rest:
-        raise _Problem("the URL has a fragment ('#'); percent-encode '#' as %23")
+        raise Problem("the URL has a fragment ('#'); percent-encode '#' as %23")
     rest, _, query = rest.partition("?")
     authority, slash, path = rest.partition("/")
     if "@" in path or "@" in query:
-        raise _Problem(
+        raise Problem(
             "'@' after the host; percent-encode '@' as %40 in a vhost or parameter,"
             " and '/', '?' and '#' in a user name or password"
         )
@@ -606,7 +497,7 @@ def _parse(text: str) -> ConnectionParameters:
     vhost = "/"
     if slash:
         if "/" in path:
-            raise _Problem("the vhost must be one path segment; percent-encode '/' as %2F")
+            raise Problem("the vhost must be one path segment; percent-encode '/' as %2F")
         vhost = _decode(path, "vhost")
 
     options = _parse_query(query, scheme)
@@ -619,167 +510,3 @@ def _parse(text: str) -> ConnectionParameters:
         password=password,
         **options,
     )
-
-
-def _parse_host_and_port(hostport: str) -> tuple[str, int]:
-    """
-    The host and port of C{host[:port]}; a missing host is C{localhost} and
-    a missing port is 0 (the scheme's default).
-    """
-    raw_port: str | None
-    if hostport.startswith("["):
-        close = hostport.find("]")
-        if close == -1:
-            raise _Problem("'[' without ']' around an IPv6 address")
-        host = _decode(hostport[1:close], "host")
-        after = hostport[close + 1 :]
-        if after and not after.startswith(":"):
-            raise _Problem(f"unexpected {after!r} after the IPv6 address")
-        raw_port = after[1:] if after else None
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise _Problem(f"invalid IPv6 address [{host}]") from None
-    else:
-        if hostport.count(":") > 1:
-            raise _Problem("an IPv6 address must be written in brackets, e.g. [::1]")
-        raw_host, colon, raw_port = hostport.partition(":")
-        if not colon:
-            raw_port = None
-        host = _decode(raw_host, "host") or "localhost"
-        if any(c in host for c in ":/?#@[]") or not host.isprintable() or " " in host:
-            raise _Problem(f"invalid host {host!r}")
-    if not raw_port:
-        return host, 0
-    if not _INTEGER.fullmatch(raw_port):
-        raise _Problem(f"port {raw_port!r} is not a number")
-    port = int(raw_port)
-    if not 1 <= port <= _MAX_SHORT:
-        raise _Problem(f"port {port} out of range 1-{_MAX_SHORT}")
-    return host, port
-
-
-def _parse_query(query: str, scheme: str) -> dict[str, Any]:
-    """
-    The L{ConnectionParameters} keyword arguments named by the query string.
-    """
-    given: dict[str, str] = {}
-    values: dict[str, str] = {}
-    for piece in query.split("&"):
-        if not piece:
-            continue
-        raw_name, equals, raw_value = piece.partition("=")
-        name = _decode(raw_name, "name of a query parameter")
-        canonical = _QUERY_NAMES.get(name)
-        if canonical is None:
-            supported = ", ".join(sorted(_QUERY_NAMES))
-            raise _Problem(f"unknown query parameter {name!r} (supported: {supported})")
-        if canonical in given:
-            if given[canonical] == name:
-                raise _Problem(f"query parameter {name!r} given more than once")
-            raise _Problem(f"query parameters {given[canonical]!r} and {name!r} both given")
-        if not equals:
-            raise _Problem(f"query parameter {name!r} has no value")
-        if canonical in _TLS_QUERY_NAMES and scheme != "amqps":
-            raise _Problem(f"query parameter {name!r} is only valid with amqps://")
-        given[canonical] = name
-        values[canonical] = _decode(raw_value, f"value of {name}")
-
-    options: dict[str, Any] = {}
-    for name in ("heartbeat", "channel_max", "frame_max"):
-        if name in values:
-            options[name] = _parse_int(name, values[name])
-    if "connection_timeout" in values:
-        value = values["connection_timeout"]
-        if not _DECIMAL.fullmatch(value):
-            raise _Problem(f"connection_timeout {value!r} is not a number of seconds")
-        options["connection_timeout"] = float(value)
-    for name, field_name in (
-        ("cacertfile", "cafile"),
-        ("certfile", "certfile"),
-        ("keyfile", "keyfile"),
-        ("server_name_indication", "server_name_indication"),
-    ):
-        if name in values:
-            if not values[name]:
-                raise _Problem(f"query parameter {given[name]!r} is empty")
-            options[field_name] = values[name]
-    if options.get("server_name_indication") == "disable":
-        raise _Problem("server_name_indication=disable is not supported")
-    if "verify" in values:
-        verify = _VERIFY_VALUES.get(values["verify"])
-        if verify is None:
-            raise _Problem(f"verify must be verify_peer or verify_none, not {values['verify']!r}")
-        options["verify"] = verify
-    return options
-
-
-def _parse_int(name: str, value: str) -> int:
-    """
-    The non-negative decimal integer C{value} of query parameter C{name}.
-    """
-    if not _INTEGER.fullmatch(value):
-        raise _Problem(f"{name} {value!r} is not a non-negative integer")
-    try:
-        return int(value)
-    except ValueError:  # more digits than int() converts
-        raise _Problem(f"{name} out of range") from None
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    """
-    Raise L{_Problem} unless C{value} is an int in C{low..high}.
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Problem(f"{name} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise _Problem(f"{name} {value} out of range {low}-{high}")
-
-
-def _decode(raw: str, what: str) -> str:
-    """
-    Percent-decode C{raw} as UTF-8.  The message of a failure names C{what}
-    but never shows the text, which may be a password.
-    """
-    if _BAD_PERCENT.search(raw):
-        raise _Problem(f"malformed percent-encoding in the {what}; write '%' as %25")
-    try:
-        return unquote(raw, errors="strict")
-    except UnicodeDecodeError:
-        raise _Problem(f"the {what} is not UTF-8 once percent-decoded") from None
-
-
-def _is_ip_address(host: str) -> bool:
-    """
-    Whether C{host} is an IPv4 or IPv6 address rather than a name.
-    """
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _read_file(path: str) -> bytes:
-    """
-    The bytes of the file at C{path}.
-    """
-    with open(path, "rb") as file:
-        return file.read()
-
-
-def _load_ca_certificates(path: str) -> list[Certificate]:
-    """
-    Every certificate in the PEM file C{path}.
-
-    @raise ValueError: the file holds no certificate, or a bad one.
-    """
-    from twisted.internet.ssl import Certificate
-
-    blocks = _PEM_CERTIFICATE.findall(_read_file(path))
-    if not blocks:
-        raise ValueError(f"cacertfile {path} holds no PEM certificate")
-    try:
-        return [Certificate.loadPEM(block) for block in blocks]
-    except Exception as exc:  # noqa: BLE001 - OpenSSL raises several kinds
-        raise ValueError(f"cannot load the certificates in cacertfile {path}: {exc}") from None

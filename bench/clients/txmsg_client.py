@@ -94,7 +94,7 @@ async def rpc_server(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
 
     server = RpcServer(conn, Queue(p["queue"]), echo, prefetch=PREFETCH)
     server.startService()
-    await server.wait_ready()
+    await server.when_ready()
     print("READY", flush=True)
     c0 = cpu()
     await done
@@ -161,7 +161,7 @@ async def e2e_sub(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
 
     consumer = Consumer(conn, Queue(p["queue"]), handle, prefetch=PREFETCH)
     consumer.startService()
-    await consumer.wait_consuming()
+    await consumer.when_ready()
     print("READY", flush=True)
     c0 = cpu()
     await done

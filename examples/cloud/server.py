@@ -77,7 +77,7 @@ class CloudServer:
         self.commands.startService()
         await self.commands.declared
         for consumer in self.commands.consumers:
-            await consumer.wait_consuming()
+            await consumer.when_ready()
         await self._take_creates(self.room)
 
     async def stop(self) -> None:
@@ -117,7 +117,7 @@ class CloudServer:
         self.creates.startService()
         await self.creates.declared
         for consumer in self.creates.consumers:
-            await consumer.wait_consuming()
+            await consumer.when_ready()
 
     async def _stop_creates(self) -> None:
         # not declared again after a reconnect while full

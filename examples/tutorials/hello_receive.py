@@ -33,7 +33,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     # Ctrl-C, SIGTERM or the end of main: stop consuming, then close the connection
     reactor.addSystemEventTrigger("before", "shutdown", consumer.stopService)
     reactor.addSystemEventTrigger("before", "shutdown", connection.stopService)
-    await consumer.wait_consuming()
+    await consumer.when_ready()
     print(" [*] Waiting for messages. To exit press CTRL+C", flush=True)
     await enough
 

@@ -36,7 +36,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     consumer.startService()
     reactor.addSystemEventTrigger("before", "shutdown", consumer.stopService)
     reactor.addSystemEventTrigger("before", "shutdown", connection.stopService)
-    await consumer.wait_consuming()
+    await consumer.when_ready()
     print(" [*] Waiting for logs. To exit press CTRL+C", flush=True)
     await enough
 

@@ -43,7 +43,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.addSystemEventTrigger("before", "shutdown", connection.stopService)
     for consumer in server.consumers:
-        await consumer.wait_consuming()
+        await consumer.when_ready()
     print(" [x] Awaiting RPC requests", flush=True)
     await enough
 

@@ -13,7 +13,9 @@ import pika.data
 import pika.spec
 import pytest
 
-from txmsg import _codec
+from txmsg import _properties
+from txmsg._amqp import codec as _codec
+from txmsg._amqp import methods as _methods
 from txmsg.errors import ProtocolError
 
 
@@ -166,7 +168,7 @@ def test_method_round_trip_with_packed_bits() -> None:
     exchange.declare's five consecutive bits (passive, durable, auto-delete,
     internal, no-wait) pack into one octet and decode back.
     """
-    ms = _codec.methods()["exchange.declare"]
+    ms = _methods.methods()["exchange.declare"]
     payload = ms.encode(
         {
             "exchange": "x",
@@ -201,7 +203,7 @@ def test_deliver_fast_path_matches_generic_decoder() -> None:
     """
     The basic.deliver fast path decodes exactly what the generic decoder does.
     """
-    ms = _codec.methods()["basic.deliver"]
+    ms = _methods.methods()["basic.deliver"]
     payload = ms.encode(
         {
             "consumer_tag": "ctag",
@@ -281,8 +283,8 @@ def test_timestamp_beyond_datetime_stays_an_int() -> None:
     range: it decodes as the raw integer instead of failing the delivery.
     """
     millis = 1_700_000_000_000_000
-    assert _codec.timestamp_to_datetime(millis) == millis
-    assert _codec.timestamp_to_datetime(0) == dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    assert _properties.timestamp_to_datetime(millis) == millis
+    assert _properties.timestamp_to_datetime(0) == dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
     raw = b"T" + struct.pack("!Q", 2**63 - 1)
     table = struct.pack("!I", 3 + len(raw)) + b"\x02ts" + raw
     assert _codec.decode_table(table, 0)[0] == {"ts": 2**63 - 1}

@@ -104,10 +104,10 @@ def lose(proto: Any) -> None:
     The transport goes away, as the reactor would report it (through
     txmsg's guard around ClientService's protocol proxy).
     """
-    from txmsg.connection import _LostGuard
+    from txmsg._guard import LostGuard
 
     proto.transport.loseConnection()
-    _LostGuard(proto._txmsg_proxy).connectionLost(Failure(ConnectionLost()))
+    LostGuard(proto._txmsg_proxy).connectionLost(Failure(ConnectionLost()))
 
 
 def make_connection(clock: Clock) -> tuple[Connection, TransportEndpoint]:
@@ -211,7 +211,7 @@ def test_topology_and_hooks_replayed_on_every_connection() -> None:
     handshake(proto)
     # declare needs a channel: answer channel.open
     proto.dataReceived(method(1, "channel.open-ok"))
-    assert item.declared == 1 and order == ["hook1"] and ready == [proto._protocol]
+    assert item.declared == 1 and order == ["hook1"] and ready == [conn]
     lose(proto)
     assert not conn.is_connected
     clock.advance(1.5)
@@ -336,3 +336,65 @@ def test_stop_waits_for_what_holds_the_connection_open() -> None:
     proto.dataReceived(method(0, "connection.close-ok"))
     lose(proto)
     assert stopped
+
+
+def test_last_failure_says_why_the_last_attempt_failed_and_clears_once_connected() -> None:
+    """
+    A refused TCP connection (on each URL of a cluster) and a handshake the
+    broker refuses both leave C{last_failure} naming the URL (password
+    masked) and the error; it is L{None} again once connected.
+    """
+    from txmsg.connection import FailedAttempt
+
+    a, b = FakeParams("a", refuse=True), FakeParams("b", refuse=True)
+    seen: list[FailedAttempt] = []
+    ep = ClusterEndpoint([a, b], Clock(), seen.append)  # type: ignore[list-item]
+    ep.connect(None).addErrback(lambda _: None)
+    assert [f.url for f in seen] == [a.safe_url, b.safe_url]
+    assert isinstance(seen[-1].error, ConnectionRefusedError) and "***" in str(seen[-1])
+
+    clock = Clock()
+    conn, endpoint = make_connection(clock)
+    conn.startService()
+    proto = endpoint.protocols[-1]
+    proto.dataReceived(
+        method(
+            0,
+            "connection.start",
+            version_major=0,
+            version_minor=9,
+            server_properties={},
+            mechanisms=b"PLAIN",
+            locales=b"en_US",
+        )
+    )
+    proto.dataReceived(method(0, "connection.tune", channel_max=0, frame_max=131072, heartbeat=0))
+    proto.dataReceived(
+        method(
+            0, "connection.close", reply_code=530, reply_text="NOT_ALLOWED - vhost", class_id=0, method_id=0
+        )
+    )
+    lose(proto)
+    failure = conn.last_failure
+    assert failure is not None and "guest:***@" in failure.url and "vhost" in str(failure.error)
+    assert "guest:guest" not in str(failure)
+
+
+def test_ready_hooks_get_a_channel_opener_not_the_protocol() -> None:
+    """
+    A ready hook is given a L{ChannelOpener}: calling it opens a channel on
+    the connection that was just made ready.
+    """
+    from txmsg.connection import ChannelOpener
+
+    clock = Clock()
+    conn, endpoint = make_connection(clock)
+    given: list[Any] = []
+    conn.add_ready_hook(given.append)
+    conn.startService()
+    handshake(endpoint.protocols[-1])
+    assert len(given) == 1 and isinstance(given[0], ChannelOpener) and given[0].is_open
+    opened: list[Any] = []
+    given[0]().addCallback(opened.append)
+    endpoint.protocols[-1].dataReceived(method(1, "channel.open-ok"))
+    assert opened and opened[0].is_open

@@ -12,7 +12,8 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from txmsg import Connection, Consumer, Queue, _codec
+from txmsg import Connection, Consumer, Queue
+from txmsg._amqp import codec as _codec
 from txmsg.consumer import Reject, Requeue
 
 from .test_connection import handshake, make_connection
@@ -427,3 +428,20 @@ def test_dedupe_window_skips_recent_message_ids() -> None:
     assert b.consumer.deduplicated == 1
     # one read each: each is acked (the skipped one too) once its read is handled
     assert b.settlements() == [("ack", tag, True) for tag in range(1, 8)]
+
+
+def test_the_old_spellings_of_when_ready_still_work_and_warn() -> None:
+    """
+    C{Consumer.wait_consuming()} and C{RpcServer.wait_ready()} are deprecated
+    spellings of C{when_ready()}: they warn and wait for the same thing.
+    """
+    from txmsg import RpcServer
+
+    conn = Connection("amqp://guest:guest@localhost/", reactor=Clock())
+    consumer = Consumer(conn, "q", lambda m: None)
+    with pytest.warns(DeprecationWarning, match="when_ready"):
+        d = consumer.wait_consuming()
+    assert not d.called
+    server = RpcServer(conn, "rpc", lambda m: None)
+    with pytest.warns(DeprecationWarning, match="when_ready"):
+        server.wait_ready().addErrback(lambda _: None)

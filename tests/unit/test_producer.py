@@ -65,7 +65,7 @@ class Broker:
             if ftype == 1 and payload[0] == "basic.publish":
                 out.append([payload[1]["exchange"], payload[1]["routing_key"], None, b""])
             elif ftype == 2:
-                from txmsg import _codec
+                from txmsg._amqp import codec as _codec
 
                 _size, props = _codec.decode_content_header(payload, 0)
                 out[-1][2] = props
@@ -85,7 +85,7 @@ class Broker:
         self.proto.dataReceived(method(1, "basic.nack", delivery_tag=tag, multiple=multiple, requeue=False))
 
     def send_return(self, message_id: str, routing_key: str = "nowhere") -> None:
-        from txmsg import _codec
+        from txmsg._amqp import codec as _codec
 
         self.proto.dataReceived(
             method(
@@ -432,3 +432,43 @@ def test_room_waits_until_fewer_than_limit_are_pending() -> None:
     assert outcomes(ds) == [None] * 4
     with pytest.raises(ValueError):
         b.producer.room(0)
+
+
+def test_when_ready_fires_once_the_publishing_channel_is_ready_and_a_publish_made_before_is_kept() -> None:
+    """
+    A Producer made on a connection that is already up opens its channel in
+    the background: C{when_ready()} fires with the producer once that
+    channel has confirms selected; a publish made before is written then,
+    not lost.
+    """
+    clock = Clock()
+    conn, endpoint = make_connection(clock)
+    conn.startService()
+    proto = endpoint.protocols[-1]
+    handshake(proto)
+    producer = Producer(conn)
+    ready: list[Any] = []
+    producer.when_ready().addBoth(ready.append)
+    early = producer.publish("", "q", "early")
+    assert ready == [] and producer.waiting == 1
+    proto.dataReceived(method(1, "channel.open-ok"))
+    proto.dataReceived(method(1, "confirm.select-ok"))
+    assert ready == [producer] and producer.waiting == 0
+    assert producer.when_ready().result is producer
+    proto.dataReceived(method(1, "basic.ack", delivery_tag=1, multiple=False))
+    assert outcomes([early]) == [None]
+
+
+def test_when_ready_fails_when_the_connection_stops_first() -> None:
+    """
+    A producer that never got a channel fails its C{when_ready()} waiters
+    when the connection stops for good: nothing waits for ever.
+    """
+    clock = Clock()
+    conn, _endpoint = make_connection(clock)
+    conn.startService()
+    producer = Producer(conn)
+    ready: list[Any] = []
+    producer.when_ready().addBoth(ready.append)
+    conn.stopService()
+    assert len(ready) == 1 and ready[0].check(Exception)

@@ -14,8 +14,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from txmsg import _codec
-from txmsg._protocol import AMQPProtocol
+from txmsg._amqp import AMQPProtocol
+from txmsg._amqp import codec as _codec
+from txmsg._amqp import methods as _methods
 from txmsg.errors import (
     AuthenticationError,
     ConnectionClosed,
@@ -28,7 +29,7 @@ from txmsg.url import parse_url
 
 
 def method(channel: int, name: str, **args: Any) -> bytes:
-    return _codec.method_frame(channel, _codec.methods()[name].encode(args))
+    return _codec.method_frame(channel, _methods.methods()[name].encode(args))
 
 
 def parse_frames(data: bytes) -> list[tuple[int, int, Any]]:
@@ -42,7 +43,7 @@ def parse_frames(data: bytes) -> list[tuple[int, int, Any]]:
         payload = data[pos + 7 : pos + 7 + size]
         assert data[pos + 7 + size] == 0xCE
         if ftype == 1:
-            ms = _codec.methods().by_key[struct.unpack_from("!HH", payload)]
+            ms = _methods.methods().by_key[struct.unpack_from("!HH", payload)]
             frames.append((ftype, ch, (ms.name, ms.decode(payload, 4))))
         else:
             frames.append((ftype, ch, payload))
@@ -388,17 +389,21 @@ def test_pipelined_calls_resolve_in_order() -> None:
 
 def test_connection_blocked_and_unblocked_are_tracked() -> None:
     """
-    connection.blocked sets the blocked reason; unblocked clears it and tells
-    the flow listeners.
+    connection.blocked sets the blocked reason (a channel cannot send);
+    unblocked clears it and tells each channel that it may write again.
     """
     b = Broker()
     b.handshake()
+    d = b.protocol.open_channel()
+    b.feed(method(1, "channel.open-ok"))
+    channel = d.result
     calls: list[int] = []
-    b.protocol.flow_listeners.append(lambda: calls.append(1))
+    channel.on_writable = lambda: calls.append(1)
     b.feed(method(0, "connection.blocked", reason="low on memory"))
-    assert b.protocol.blocked == "low on memory"
+    assert b.protocol.blocked == "low on memory" and channel.blocked == "low on memory"
+    assert not channel.can_send
     b.feed(method(0, "connection.unblocked"))
-    assert b.protocol.blocked is None and calls == [1]
+    assert b.protocol.blocked is None and calls == [1] and channel.can_send
 
 
 def test_forced_close_fails_channels_with_connection_closed() -> None:
@@ -659,7 +664,7 @@ def test_a_big_message_goes_to_the_transport_as_it_drains_with_later_writes_behi
     transport.send()
     out = b""
     woken: list[bool] = []
-    protocol.flow_listeners.append(lambda: woken.append(protocol.writable))
+    channel.on_writable = lambda: woken.append(protocol.writable)
 
     body = bytes(range(256)) * (4 * 1024 * 1024 // 256)  # 4 MiB: 33 frames
     channel.publish("", "q", body, {})
@@ -727,7 +732,7 @@ def test_big_bodies_are_assembled_in_a_kept_buffer_and_delivered_as_their_own_by
     bytes (the next message does not change it), and the buffer is freed
     once no big body came for KEEP_FOR seconds, or when the channel closes.
     """
-    from txmsg import _channel
+    from txmsg._amqp import channel as _channel
 
     monkeypatch.setattr(_channel, "KEEP_BUFFER", 200_000)
     b = Broker()

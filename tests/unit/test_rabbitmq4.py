@@ -95,7 +95,7 @@ def test_a_consumer_refused_its_transient_queue_says_so_once_and_stops_asking() 
     consumer = Consumer(conn, Queue("hello", durable=False), lambda m: None)
     consumer.startService()
     broker.flush(advance=1)
-    failure = outcome(consumer.wait_consuming())[0]
+    failure = outcome(consumer.when_ready())[0]
     assert isinstance(failure, Failure) and failure.check(DeprecatedFeature)
     assert "queue 'hello'" in str(failure.value)
     broker.flush(advance=5)  # the connection the broker closed comes back

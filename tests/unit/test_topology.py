@@ -10,18 +10,20 @@ import pytest
 from twisted.internet.defer import succeed
 
 from txmsg import Binding, Exchange, ExchangeBinding, Queue
+from txmsg.connection import Channel
 
 
-class RecordingChannel:
+class RecordingChannel(Channel):
     """
-    Stands in for a channel: records calls and answers like a broker would.
+    A channel with no connection: its typed methods record the calls they
+    make and answer like a broker would.
     """
 
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # no connection: only call() is used
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.counter = 0
 
-    def call(self, name: str, **kwargs: Any) -> Any:
+    def call(self, name: str, **kwargs: Any) -> Any:  # type: ignore[override]
         self.calls.append((name, kwargs))
         if name == "queue.declare":
             self.counter += 1

@@ -6,11 +6,8 @@ C{TXMSG_URL}, and building Twisted endpoints.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import inspect
-import ipaddress
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +39,7 @@ from txmsg.url import (
     split_urls,
 )
 
-try:
-    import OpenSSL  # noqa: F401
-    import service_identity  # noqa: F401
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-except ImportError:  # pragma: no cover - depends on the installation
-    HAVE_TLS = False
-else:
-    HAVE_TLS = True
+from ..tls import HAVE_TLS, TLSServer
 
 needs_tls = pytest.mark.skipif(not HAVE_TLS, reason="needs twisted[tls]")
 
@@ -793,7 +780,14 @@ def connect_in_memory(
     """
     reactor = MemoryReactorClock()
     resolver = RecordingResolver(address)
-    reactor.installNameResolver(resolver)  # type: ignore[arg-type]
+    if hasattr(reactor, "installNameResolver"):
+        reactor.installNameResolver(resolver)  # type: ignore[arg-type]
+    else:  # Twisted before 25.5: MemoryReactorClock is no pluggable resolver yet
+        from twisted.internet.interfaces import IReactorPluggableNameResolver
+        from zope.interface import alsoProvides
+
+        alsoProvides(reactor, IReactorPluggableNameResolver)
+        reactor.nameResolver = resolver  # type: ignore[attr-defined]
     endpoint: Any = params.endpoint(reactor)
     endpoint.connect(Factory.forProtocol(Protocol))
     reactor.advance(0)
@@ -859,127 +853,7 @@ def test_endpoint_reports_unreadable_certificate_files(tmp_path: Path) -> None:
 
 
 # --- TLS handshakes over loopback --------------------------------------------
-
-
-def _name(common_name: str) -> Any:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _make_cert(
-    common_name: str,
-    issuer: tuple[Any, Any] | None = None,
-    *,
-    ca: bool = False,
-    san: list[Any] | None = None,
-) -> tuple[Any, Any]:
-    """
-    A new EC key and a certificate for it, signed by C{issuer} (a
-    certificate and its key) or self-signed.
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    issuer_name = issuer[0].subject if issuer else _name(common_name)
-    signing_key = issuer[1] if issuer else key
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return builder.sign(signing_key, hashes.SHA256()), key
-
-
-def _cert_pem(cert: Any) -> bytes:
-    return bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def _key_pem(key: Any) -> bytes:
-    return bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """
-    A CA, a server certificate for localhost/127.0.0.1 and a client
-    certificate signed by it, and an unrelated CA, written as PEM files.
-    """
-    directory = tmp_path_factory.mktemp("pki")
-    ca = _make_cert("txmsg test CA", ca=True)
-    other_ca = _make_cert("unrelated CA", ca=True)
-    server = _make_cert(
-        "localhost",
-        ca,
-        san=[
-            x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        ],
-    )
-    client = _make_cert("txmsg-client", ca)
-    files = {
-        "ca": _cert_pem(ca[0]),
-        "other_ca": _cert_pem(other_ca[0]),
-        "bundle": _cert_pem(other_ca[0]) + _cert_pem(ca[0]),
-        "server": _cert_pem(server[0]) + _key_pem(server[1]),
-        "client_cert": _cert_pem(client[0]),
-        "client_key": _key_pem(client[1]),
-        "client_both": _cert_pem(client[0]) + _key_pem(client[1]),
-    }
-    paths: dict[str, Path] = {}
-    for name, data in files.items():
-        path = directory / f"{name}.pem"
-        path.write_bytes(data)
-        paths[name] = path
-    return paths
-
-
-class _ServerProtocol(Protocol):
-    """
-    Answers the first line with what the TLS server saw: the SNI name and the
-    client certificate's common name.
-    """
-
-    def __init__(self) -> None:
-        self.lost: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        transport: Any = self.transport
-        sni = transport.getHandle().get_servername() or b"-"
-        peer = transport.getPeerCertificate()
-        common_name = b"-"
-        if peer is not None:
-            [attribute] = peer.to_cryptography().subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-            common_name = str(attribute.value).encode()
-        transport.write(b"sni=" + sni + b" client=" + common_name + b"\n")
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self.lost.callback(None)
+# (with the pki and tls_server fixtures of tests/conftest.py, over tests/tls.py)
 
 
 class _ClientProtocol(Protocol):
@@ -1006,61 +880,6 @@ class _ClientProtocol(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         if not self.done.called:
             self.done.errback(reason)
-
-
-class TLSServer:
-    """
-    TLS servers on 127.0.0.1 for the handshake tests, using the C{pki}
-    certificates.
-    """
-
-    def __init__(self, pki: dict[str, Path]) -> None:
-        self.pki = pki
-        self.ports: list[Any] = []
-        self.connections: list[_ServerProtocol] = []
-
-    def start(self, require_client_certificate: bool = False) -> int:
-        """
-        Listen with the server certificate, requiring a client certificate
-        signed by the test CA if asked; return the port.
-        """
-        from twisted.internet import reactor
-        from twisted.internet.ssl import Certificate, PrivateCertificate
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-
-        server: Any = PrivateCertificate.loadPEM(self.pki["server"].read_bytes())
-        if require_client_certificate:
-            options = server.options(Certificate.loadPEM(self.pki["ca"].read_bytes()))
-        else:
-            options = server.options()
-        factory: Any = Factory.forProtocol(self._new_connection)
-        tls = TLSMemoryBIOFactory(options, False, factory)
-        listener: Any = reactor
-        port = listener.listenTCP(0, tls, interface="127.0.0.1")
-        self.ports.append(port)
-        return int(port.getHost().port)
-
-    def _new_connection(self) -> _ServerProtocol:
-        protocol = _ServerProtocol()
-        self.connections.append(protocol)
-        return protocol
-
-    def stop(self) -> None:
-        """
-        Stop listening.
-        """
-        for port in self.ports:
-            port.stopListening()
-
-
-@pytest.fixture
-def tls_server(pki: dict[str, Path]) -> Iterator[TLSServer]:
-    """
-    A L{TLSServer}, stopped after the test.
-    """
-    server = TLSServer(pki)
-    yield server
-    server.stop()
 
 
 async def _talk(params: ConnectionParameters, server: TLSServer) -> bytes:

@@ -26,7 +26,8 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 
-from txmsg.connection import Connection, _GuardedFactory, _LostGuard
+from txmsg._guard import GuardedFactory, LostGuard
+from txmsg.connection import Connection
 from txmsg.testing._broker import MemoryBrokerState
 from txmsg.testing._server import AMQPServer
 from txmsg.testing._versions import parse_version
@@ -49,7 +50,7 @@ class _MemoryEndpoint:
         broker = self.broker
         if broker.refusing:
             return fail(ConnectionRefusedError("txmsg.testing: the broker refuses connections"))
-        client = _GuardedFactory(factory).buildProtocol(None)
+        client = GuardedFactory(factory).buildProtocol(None)
         server = AMQPServer(broker.state)
         pump = connect(
             server,
@@ -61,7 +62,7 @@ class _MemoryEndpoint:
         )
         broker._links.append((self.connection, server, pump))
         broker.clock.callLater(0, broker.flush)
-        return succeed(client._wrapped if isinstance(client, _LostGuard) else client)
+        return succeed(client._wrapped if isinstance(client, LostGuard) else client)
 
 
 class MemoryBroker:

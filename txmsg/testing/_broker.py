@@ -176,9 +176,7 @@ class MemoryBrokerState:
         self.vhost = vhost
         #: the RabbitMQ (major, minor) whose behaviour is imitated where versions differ
         self.version = version
-        self.max_message_size = (
-            MAX_MESSAGE_SIZE[version[0]] if max_message_size is None else max_message_size
-        )
+        self.max_message_size = MAX_MESSAGE_SIZE[version[0]] if max_message_size is None else max_message_size
         #: RabbitMQ 4.3 as upstream ships it refuses transient non-exclusive queues
         self.deny_transient_queues = version >= (4, 0)
         self.exchanges: dict[str, Exchange] = {
@@ -266,8 +264,11 @@ class MemoryBrokerState:
             if not durable and not exclusive and self.deny_transient_queues:
                 raise ConnectionError(541, TRANSIENT_QUEUE_REFUSED)
             if arguments.get("x-queue-type") == "quorum":
-                for wrong, prop in ((not durable, "non-durable"), (exclusive, "exclusive-owner"),
-                                    (auto_delete, "auto-delete")):
+                for wrong, prop in (
+                    (not durable, "non-durable"),
+                    (exclusive, "exclusive-owner"),
+                    (auto_delete, "auto-delete"),
+                ):
                     if wrong:
                         raise ChannelError(
                             406,

@@ -14,7 +14,8 @@ from typing import Any
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from txmsg import _codec
+from txmsg._amqp import codec as _codec
+from txmsg._amqp.methods import methods
 from txmsg.testing._broker import ChannelError, ConnectionError, Consumer, MemoryBrokerState, Queue, Stored
 
 _FRAME_HEAD = struct.Struct("!BHI")
@@ -137,7 +138,7 @@ class AMQPServer(Protocol):
         self.channels: dict[int, _Channel] = {}
         self._buf = bytearray()
         self._started = False
-        self._methods = _codec.methods()
+        self._methods = methods()
         self.client_properties: dict[str, Any] = {}
         self.closing = False
 

@@ -3,7 +3,12 @@ One AMQP channel on a live connection: synchronous calls matched to their
 replies in order, content assembly for deliveries and returns, and the
 asynchronous events the broker sends (deliveries, returns, confirms, cancels).
 
-Channels are numbered by the protocol, never by the caller.
+Channels are numbered by the protocol, never by the caller.  A channel sees
+its connection only through L{Link}, the little it needs of it, and offers the
+layers above what they need of the connection (whether it may write now, a
+"writable again" callback, "after this read") beside typed methods for the
+AMQP methods txmsg sends (L{Channel.queue_declare} and so on, checked against
+the spec file by the test suite); L{Channel.call} sends any method by name.
 """
 
 from __future__ import annotations
@@ -11,18 +16,16 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txmsg import _codec
+from txmsg._amqp import codec as _codec
+from txmsg._amqp.methods import MethodSpec, methods
 from txmsg.errors import ChannelClosed, channel_error
-
-if TYPE_CHECKING:  # pragma: no cover
-    from txmsg._protocol import AMQPProtocol
 
 #: (delivery args, properties, body)
 DeliverCallback = Callable[[dict[str, Any], dict[str, Any], bytes], None]
@@ -47,38 +50,49 @@ KEEP_FOR = 2.0
 
 
 def _method_name(class_id: int, method_id: int) -> str | None:
-    ms = _codec.methods().by_key.get((class_id, method_id))
+    ms = methods().by_key.get((class_id, method_id))
     return ms.name if ms else None
 
 
-def check_publish(exchange: str, routing_key: str, properties: dict[str, Any], frame_max: int) -> None:
+class Link(Protocol):
     """
-    Raise TypeError or ValueError if this publish could not be encoded (without
-    encoding its body).
+    What a channel needs of its connection (the engine's protocol).
     """
-    _codec.basic_publish_frame(0, exchange, routing_key, False)
-    header = _codec.encode_properties(properties)
-    if len(header) + 12 + _codec.FRAME_OVERHEAD > frame_max:
-        raise ValueError(
-            f"message properties take {len(header)} bytes, more than one frame holds (frame_max {frame_max})"
-        )
+
+    frame_max: int
+    clock: IReactorTime
+    is_open: bool
+    writable: bool
+    blocked: str | None
+
+    def write(self, data: bytes) -> None: ...
+
+    def write_sequence(self, parts: list[bytes | memoryview]) -> None: ...
+
+    def call_after_read(self, f: Callable[[], None]) -> bool: ...
+
+    def channel_closed(self, channel: Channel) -> None: ...
 
 
 class Channel:
     """
-    An open channel.  Obtain one from L{AMQPProtocol.open_channel}.
+    An open channel.  Obtain one from a connection (C{Connection.channel()},
+    or the opener a ready hook is given).
 
     @ivar closed_reason: why the channel closed (a L{Failure}), once it has.
+    @ivar on_writable: called when the connection may be written to again
+        after its write buffer was full or the broker blocked publishing.
     """
 
     _log = Logger()
 
-    def __init__(self, protocol: AMQPProtocol, channel_id: int) -> None:
-        self.protocol = protocol
+    def __init__(self, link: Link, channel_id: int) -> None:
+        self._link = link
         self.id = channel_id
         self.is_open = True
         self.closed_reason: Failure | None = None
-        self._methods = _codec.methods()
+        self.on_writable: Callable[[], None] | None = None
+        self._methods = methods()
         self._rpc: deque[tuple[tuple[tuple[int, int], ...], Deferred[Any], str]] = deque()
         self._content: tuple[Any, dict[str, Any]] | None = None
         self._props: dict[str, Any] = {}
@@ -101,6 +115,62 @@ class Channel:
         return f"<Channel {self.id} {state}>"
 
     # ------------------------------------------------------------------
+    # the connection, as the layers above see it
+
+    @property
+    def frame_max(self) -> int:
+        """
+        The largest frame the connection takes.
+        """
+        return self._link.frame_max
+
+    @property
+    def connection_open(self) -> bool:
+        """
+        Whether the connection this channel is on is still open.
+        """
+        return self._link.is_open
+
+    @property
+    def can_send(self) -> bool:
+        """
+        Whether a publish written now goes out now: the channel is open, the
+        connection's write buffer has room and the broker does not block
+        publishing.  When it becomes true again, L{on_writable} is called.
+        """
+        link = self._link
+        return self.is_open and link.writable and link.blocked is None
+
+    @property
+    def blocked(self) -> str | None:
+        """
+        Why the broker blocks publishing on this connection (C{connection.blocked}), or L{None}.
+        """
+        return self._link.blocked
+
+    def call_after_read(self, f: Callable[[], None]) -> bool:
+        """
+        Call C{f} once the frames of the read being handled are all handled
+        (e.g. to send one ack for the deliveries it held); L{False}, and
+        nothing done, when no read is being handled.
+        """
+        return self._link.call_after_read(f)
+
+    @staticmethod
+    def check_publish(exchange: str, routing_key: str, properties: dict[str, Any], frame_max: int) -> None:
+        """
+        Raise TypeError or ValueError if this publish could not be encoded
+        on a connection with C{frame_max} (without encoding its body).
+        """
+        _codec.basic_publish_frame(0, exchange, routing_key, False)
+        header = _codec.encode_properties(properties)
+        if len(header) + 12 + _codec.FRAME_OVERHEAD > frame_max:
+            raise ValueError(
+                f"message properties take {len(header)} bytes, more than one frame holds "
+                f"(frame_max {frame_max})"
+            )
+
+    # ------------------------------------------------------------------
     # sending
 
     def call(self, name: str, **kwargs: Any) -> Deferred[Any]:
@@ -119,9 +189,9 @@ class Channel:
             payload = ms.encode(kwargs)
         except (TypeError, ValueError, struct.error) as e:
             return fail(ValueError(f"{name}: {e}"))
-        if len(payload) + _codec.FRAME_OVERHEAD > self.protocol.frame_max:
+        if len(payload) + _codec.FRAME_OVERHEAD > self._link.frame_max:
             return fail(ValueError(f"{name} takes {len(payload)} bytes, more than frame_max allows"))
-        self.protocol.write(_codec.method_frame(self.id, payload))
+        self._link.write(_codec.method_frame(self.id, payload))
         if ms.responses and not (kwargs.get("no_wait") or kwargs.get("nowait")):
             d: Deferred[Any] = Deferred()
             self._rpc.append((ms.responses, d, name))
@@ -142,16 +212,16 @@ class Channel:
         if not self.is_open:
             raise ChannelClosed(f"channel {self.id} is closed")
         data = _codec.publish_frames(
-            self.id, exchange, routing_key, mandatory, properties, body, self.protocol.frame_max
+            self.id, exchange, routing_key, mandatory, properties, body, self._link.frame_max
         )
         if isinstance(data, bytes):
-            self.protocol.write(data)
+            self._link.write(data)
         else:
-            self.protocol.write_sequence(data)
+            self._link.write_sequence(data)
 
     def ack(self, delivery_tag: int, multiple: bool = False) -> None:
         if self.is_open:
-            self.protocol.write(_codec.basic_ack_frame(self.id, delivery_tag, multiple))
+            self._link.write(_codec.basic_ack_frame(self.id, delivery_tag, multiple))
 
     def nack(self, delivery_tag: int, multiple: bool = False, requeue: bool = True) -> None:
         if self.is_open:
@@ -171,6 +241,129 @@ class Channel:
         d.addCallback(lambda _: self._closed(Failure(ChannelClosed(f"channel {self.id} closed"))))
         return d
 
+    # ------------------------------------------------------------------
+    # the methods txmsg sends, typed (each is L{call} with the spec's
+    # argument names; tests/unit/test_channel.py holds them to the spec)
+
+    def basic_qos(
+        self, prefetch_count: int, *, prefetch_size: int = 0, global_: bool = False
+    ) -> Deferred[Any]:
+        return self.call(
+            "basic.qos", prefetch_size=prefetch_size, prefetch_count=prefetch_count, global_=global_
+        )
+
+    def basic_consume(
+        self,
+        queue: str,
+        *,
+        consumer_tag: str = "",
+        no_ack: bool = False,
+        exclusive: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """
+        Fires with the reply's arguments (C{consumer_tag}, the broker's if none was given).
+        """
+        return self.call(
+            "basic.consume",
+            queue=queue,
+            consumer_tag=consumer_tag,
+            no_ack=no_ack,
+            exclusive=exclusive,
+            arguments=arguments,
+        )
+
+    def basic_cancel(self, consumer_tag: str) -> Deferred[Any]:
+        return self.call("basic.cancel", consumer_tag=consumer_tag)
+
+    def basic_get(self, queue: str, *, no_ack: bool = False) -> Deferred[Any]:
+        """
+        Fires with (args, properties, body) of a message, or C{get-empty}'s arguments.
+        """
+        return self.call("basic.get", queue=queue, no_ack=no_ack)
+
+    def confirm_select(self) -> Deferred[Any]:
+        return self.call("confirm.select")
+
+    def queue_declare(
+        self,
+        queue: str = "",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """
+        Fires with C{queue} (the name, the broker's for C{""}), C{message_count}, C{consumer_count}.
+        """
+        return self.call(
+            "queue.declare",
+            queue=queue,
+            passive=passive,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            arguments=arguments,
+        )
+
+    def queue_delete(self, queue: str, *, if_unused: bool = False, if_empty: bool = False) -> Deferred[Any]:
+        return self.call("queue.delete", queue=queue, if_unused=if_unused, if_empty=if_empty)
+
+    def queue_purge(self, queue: str) -> Deferred[Any]:
+        return self.call("queue.purge", queue=queue)
+
+    def queue_bind(
+        self, queue: str, exchange: str, routing_key: str = "", arguments: dict[str, Any] | None = None
+    ) -> Deferred[Any]:
+        return self.call(
+            "queue.bind", queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments
+        )
+
+    def queue_unbind(
+        self, queue: str, exchange: str, routing_key: str = "", arguments: dict[str, Any] | None = None
+    ) -> Deferred[Any]:
+        return self.call(
+            "queue.unbind", queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments
+        )
+
+    def exchange_declare(
+        self,
+        exchange: str,
+        type: str = "direct",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> Deferred[Any]:
+        return self.call(
+            "exchange.declare",
+            exchange=exchange,
+            type=type,
+            passive=passive,
+            durable=durable,
+            auto_delete=auto_delete,
+            internal=internal,
+            arguments=arguments,
+        )
+
+    def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> Deferred[Any]:
+        return self.call("exchange.delete", exchange=exchange, if_unused=if_unused)
+
+    def exchange_bind(
+        self, destination: str, source: str, routing_key: str = "", arguments: dict[str, Any] | None = None
+    ) -> Deferred[Any]:
+        return self.call(
+            "exchange.bind",
+            destination=destination,
+            source=source,
+            routing_key=routing_key,
+            arguments=arguments,
+        )
+
     def when_closed(self, listener: Callable[[Failure], None]) -> None:
         """
         Call C{listener} with the reason when this channel closes, for any reason.
@@ -184,7 +377,7 @@ class Channel:
     # ------------------------------------------------------------------
     # receiving (called by the protocol)
 
-    def method_received(self, ms: _codec.MethodSpec, args: dict[str, Any]) -> None:
+    def method_received(self, ms: MethodSpec, args: dict[str, Any]) -> None:
         if ms.content:
             self._content = (ms, args)
             return
@@ -196,7 +389,7 @@ class Channel:
             if self.on_confirm is not None:
                 self.on_confirm(key == _ACK, args["delivery_tag"], args["multiple"])
         elif key == _CLOSE:
-            self.protocol.write(
+            self._link.write(
                 _codec.method_frame(self.id, self._methods.by_name["channel.close-ok"].encode({}))
             )
             err = channel_error(
@@ -245,7 +438,7 @@ class Channel:
             self._into = None
             body = into.tobytes()
             into.release()
-            self._free_big = self.protocol.clock.callLater(KEEP_FOR, self._drop_big)
+            self._free_big = self._link.clock.callLater(KEEP_FOR, self._drop_big)
             self._content_complete(self._props, body)
             return
         self._parts.append(chunk)
@@ -295,7 +488,7 @@ class Channel:
             self._into.release()
             self._into = None
         self._big = None
-        self.protocol.channel_closed(self)
+        self._link.channel_closed(self)
         rpc, self._rpc = self._rpc, deque()
         for _, d, _name in rpc:
             d.errback(reason)

@@ -2,30 +2,30 @@
 txmsg's AMQP 0-9-1 protocol: framing, the connection handshake, heartbeats and
 channel allocation, over one transport.
 
-It subclasses txAMQP's C{FrameReceiver} and keeps txAMQP's spec and method model,
-but replaces the frame path: incoming bytes go into one buffer that is parsed in
+Methods come from txAMQP's spec model of C{amqp0-9-1.xml} (L{txmsg._amqp.methods});
+the frame path is txmsg's own: incoming bytes go into one buffer that is parsed in
 place (no per-frame queues, no whole-buffer concatenation), bodies stay bytes, and
 heartbeats use one timer per half interval rather than one reschedule per frame.
 """
 
 from __future__ import annotations
 
-import platform
 import struct
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from txamqp.protocol import FrameReceiver
 
-from txmsg import _codec, _spec
-from txmsg._channel import Channel
-from txmsg._version import __version__
+from txmsg._amqp import codec as _codec
+from txmsg._amqp import writer
+from txmsg._amqp.channel import Channel
+from txmsg._amqp.handshake import client_properties, is_tls_error, negotiate, tls_text
+from txmsg._amqp.methods import MethodSpec, methods
 from txmsg.errors import (
     AuthenticationError,
     ConnectionClosed,
@@ -59,60 +59,11 @@ _CONN_UPDATE_SECRET_OK = (10, 71)
 MISSED_TICKS = 3
 
 
-def _idle_tcp(transport: Any) -> bool:
-    """
-    A plain TCP transport (whose socket a big message may be written to
-    directly), connected, with nothing waiting in its buffer.
-    """
-    return bool(
-        type(transport) is tcp.Client
-        and transport.connected
-        and not transport.disconnecting
-        and not getattr(transport, "TLS", True)
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
-    )
-
-
 #: body frames at least this large stream to their channel as they arrive
 _STREAM_BODY = 16384
 
-CAPABILITIES = {
-    "publisher_confirms": True,
-    "consumer_cancel_notify": True,
-    "basic.nack": True,
-    "connection.blocked": True,
-    "exchange_exchange_bindings": True,
-    "authentication_failure_close": True,
-    "per_consumer_qos": True,
-}
 
-
-def client_properties(connection_name: str | None = None) -> dict[str, Any]:
-    """
-    The client_properties txmsg sends in connection.start-ok.
-    """
-    import twisted
-
-    props: dict[str, Any] = {
-        "product": "txmsg",
-        "version": __version__,
-        "platform": f"Python {platform.python_version()} / Twisted {twisted.__version__}",
-        "information": "Twisted-native messaging for RabbitMQ",
-        "capabilities": dict(CAPABILITIES),
-    }
-    if connection_name:
-        props["connection_name"] = connection_name
-    return props
-
-
-def _negotiate(client: int, server: int) -> int:
-    if client == 0 or server == 0:
-        return client or server
-    return min(client, server)
-
-
-class AMQPProtocol(FrameReceiver):
+class AMQPProtocol(Protocol):
     """
     One AMQP connection.
 
@@ -122,6 +73,8 @@ class AMQPProtocol(FrameReceiver):
     """
 
     _log = Logger()
+    #: a TCP or TLS transport (aborted, paused and resumed as such)
+    transport: Any
 
     def __init__(
         self,
@@ -129,11 +82,10 @@ class AMQPProtocol(FrameReceiver):
         clock: IReactorTime,
         connection_name: str | None = None,
     ) -> None:
-        FrameReceiver.__init__(self, _spec.load_spec())
         self.params = params
         self.clock = clock
         self.connection_name = connection_name
-        self._methods = _codec.methods()
+        self._methods = methods()
         self._buf = bytearray()
         self.channels: dict[int, Channel] = {}
         self._next_channel = 1
@@ -150,7 +102,6 @@ class AMQPProtocol(FrameReceiver):
         self._close_error: TxmsgError | None = None
         self._closing: Deferred[None] | None = None
         self._lost_listeners: list[Callable[[Failure], None]] = []
-        self.flow_listeners: list[Callable[[], None]] = []
         self._hb_call: IDelayedCall | None = None
         self._handshake_timeout: IDelayedCall | None = None
         self._received = False
@@ -343,8 +294,8 @@ class AMQPProtocol(FrameReceiver):
         self._hb_call = self._handshake_timeout = None
         error = self._close_error
         if error is None:
-            if _is_tls_error(reason):
-                error = TLSError(f"TLS handshake with {self.params.host} failed: {_tls_text(reason)}")
+            if is_tls_error(reason):
+                error = TLSError(f"TLS handshake with {self.params.host} failed: {tls_text(reason)}")
             elif self._closing is not None:
                 error = ConnectionLost("connection closed by the client")
             else:
@@ -374,8 +325,15 @@ class AMQPProtocol(FrameReceiver):
         if self._pending:
             self._drain()
         if self.writable:
-            for listener in list(self.flow_listeners):
-                listener()
+            self._writable_again()
+
+    def _writable_again(self) -> None:
+        """
+        Tell each channel that asked (L{Channel.on_writable}) that it may write again.
+        """
+        for channel in list(self.channels.values()):
+            if channel.on_writable is not None:
+                channel.on_writable()
 
     def stopProducing(self) -> None:
         self.writable = False
@@ -405,36 +363,10 @@ class AMQPProtocol(FrameReceiver):
 
     def _drain(self) -> None:
         """
-        Hand pending frames to the transport while it takes them.  On a plain
-        TCP connection with nothing buffered they go straight to the socket,
-        not copied.  What the socket does not take goes to the transport a
-        little more than its buffer size at a time: that pauses us, and it
-        resumes us (L{resumeProducing}) once it has sent it, so a big message
-        is never copied whole into the transport's buffer.
+        Hand pending frames to the transport while it takes them (see
+        L{writer.drain}).
         """
-        pending = self._pending
-        transport = self.transport
-        direct = _idle_tcp(transport)
-        limit = getattr(transport, "bufferSize", 65536)
-        while pending and self.writable:
-            if direct:
-                view = memoryview(pending[0])
-                n = transport.writeSomeData(view)
-                if isinstance(n, int) and n > 0:
-                    if n < len(view):
-                        pending[0] = view[n:]
-                    else:
-                        pending.popleft()
-                    continue
-                # the socket is full, or failed: the transport takes it from here
-            chunk: list[bytes] = []
-            size = 0
-            while pending and size <= limit:
-                part = pending.popleft()
-                chunk.append(part if isinstance(part, bytes) else bytes(part))
-                size += len(part)
-            transport.writeSequence(chunk)
-            direct = False
+        writer.drain(self._pending, self.transport, lambda: self.writable)
 
     def _send_method(self, name: str, **kwargs: Any) -> None:
         self.write(_codec.method_frame(0, self._methods.by_name[name].encode(kwargs)))
@@ -442,7 +374,7 @@ class AMQPProtocol(FrameReceiver):
     # ------------------------------------------------------------------
     # connection class
 
-    def _connection_method(self, ms: _codec.MethodSpec, args: dict[str, Any]) -> None:
+    def _connection_method(self, ms: MethodSpec, args: dict[str, Any]) -> None:
         key = ms.key
         if key == _CONN_START:
             self._on_start(args)
@@ -464,8 +396,7 @@ class AMQPProtocol(FrameReceiver):
         elif key == _CONN_UNBLOCKED:
             self.blocked = None
             self._log.info("broker {host} unblocked publishing", host=self.params.host)
-            for listener in list(self.flow_listeners):
-                listener()
+            self._writable_again()
         elif key == _CONN_SECURE:
             self._close_error = AuthenticationError(
                 "the broker asked for a SASL challenge txmsg does not support"
@@ -495,10 +426,10 @@ class AMQPProtocol(FrameReceiver):
         )
 
     def _on_tune(self, args: dict[str, Any]) -> None:
-        self.channel_max = _negotiate(self.params.channel_max, args["channel_max"]) or 65535
-        self.frame_max = _negotiate(self.params.frame_max, args["frame_max"]) or 131072
+        self.channel_max = negotiate(self.params.channel_max, args["channel_max"]) or 65535
+        self.frame_max = negotiate(self.params.frame_max, args["frame_max"]) or 131072
         client_hb = self.params.heartbeat
-        self.heartbeat = 0 if client_hb == 0 else _negotiate(client_hb, args["heartbeat"])
+        self.heartbeat = 0 if client_hb == 0 else negotiate(client_hb, args["heartbeat"])
         self._send_method(
             "connection.tune-ok",
             channel_max=self.channel_max,
@@ -634,32 +565,3 @@ class AMQPProtocol(FrameReceiver):
 
     def update_secret(self, new_secret: str, reason: str = "") -> None:
         self._send_method("connection.update-secret", new_secret=new_secret.encode(), reason=reason)
-
-
-def _is_tls_error(reason: Failure) -> bool:
-    try:
-        from OpenSSL import SSL
-        from service_identity import VerificationError
-    except ImportError:  # pragma: no cover
-        return False
-    return reason.check(SSL.Error, VerificationError) is not None
-
-
-def _tls_text(reason: Failure) -> str:
-    value = reason.value
-    mismatched = [getattr(e, "mismatched_id", None) for e in getattr(value, "errors", ())]
-    names = []
-    for m in mismatched:
-        name = getattr(m, "hostname", None) or getattr(m, "ip", None)
-        if name is not None:
-            names.append(name.decode("idna") if isinstance(name, bytes) else str(name))
-    if names:
-        return f"its certificate is not valid for {', '.join(names)}"
-    args: Any = getattr(value, "args", ())
-    try:
-        text = "; ".join(str(x[2]) for x in args[0]) or str(value)
-    except (IndexError, TypeError):
-        text = str(value)
-    if "certificate verify failed" in text:
-        text += " (its certificate is not signed by a CA the client trusts: see cacertfile)"
-    return text

@@ -1,9 +1,9 @@
 """
 AMQP 0-9-1 wire codec: field values and tables, methods, content headers, frames.
 
-Method layouts come from the spec (L{txmsg._spec}); this module compiles each method
-into an encoder and a decoder once, so that a frame costs a few C{struct} calls and
-no per-frame objects beyond the decoded arguments.  Bodies are bytes throughout.
+Method layouts come from the spec (compiled in L{txmsg._amqp.methods}); the
+hot methods (publish, ack, deliver) are encoded here by hand.  Bodies are bytes
+throughout.
 
 Field tables support every type RabbitMQ uses (C{t b B s u I i l f d D S A T F V x}).
 """
@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-from txmsg import _spec
+from txmsg._amqp import spec as _spec
+from txmsg._properties import EPOCH, PROPERTY_NAMES, timestamp_to_datetime
 from txmsg.errors import ProtocolError
 
 #: what the decoders read: a frame payload, or the receive buffer itself
@@ -49,21 +50,9 @@ _BHL = struct.Struct("!BHL")
 _HHQ = struct.Struct("!HHQ")
 _FRAME_HEAD = struct.Struct("!BHL")
 
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
 # --------------------------------------------------------------------------
 # field values and tables
-
-
-def timestamp_to_datetime(secs: int) -> _dt.datetime | int:
-    """
-    An AMQP timestamp (seconds since the epoch) as an aware datetime; a value
-    beyond what datetime holds (e.g. one a peer wrote in milliseconds) stays an int.
-    """
-    try:
-        return _EPOCH + _dt.timedelta(seconds=secs)
-    except (OverflowError, ValueError):
-        return secs
 
 
 def _decode_str(raw: Buf) -> str | bytes:
@@ -203,7 +192,7 @@ def encode_value(value: Any, out: list[bytes]) -> None:
     elif isinstance(value, _dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=_dt.timezone.utc)
-        out.append(b"T" + _Q.pack(int((value - _EPOCH).total_seconds())))
+        out.append(b"T" + _Q.pack(int((value - EPOCH).total_seconds())))
     elif isinstance(value, Decimal):
         _encode_decimal(value, out)
     else:
@@ -242,177 +231,6 @@ def encode_shortstr(value: str | bytes) -> bytes:
 def encode_longstr(value: str | bytes) -> bytes:
     raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
     return _L.pack(len(raw)) + raw
-
-
-# --------------------------------------------------------------------------
-# methods
-
-
-class MethodSpec:
-    """
-    One AMQP method compiled from the spec: its ids, argument names, and codec.
-    """
-
-    __slots__ = (
-        "_defaults",
-        "_ops",
-        "arg_names",
-        "class_id",
-        "content",
-        "key",
-        "known_args",
-        "method_id",
-        "name",
-        "prefix",
-        "responses",
-        "synchronous",
-    )
-
-    def __init__(self, method: Any) -> None:
-        self.class_id: int = method.klass.id
-        self.method_id: int = method.id
-        self.name: str = f"{method.klass.name}.{method.name}"
-        self.key = (self.class_id, self.method_id)
-        self.arg_names: tuple[str, ...] = tuple(_spec._txspec.pythonize(f.name) for f in method.fields)
-        self.synchronous: bool = bool(method.synchronous)
-        self.content: bool = bool(method.content)
-        self.responses: tuple[tuple[int, int], ...] = tuple((r.klass.id, r.id) for r in method.responses)
-        self._ops: tuple[str, ...] = tuple(f.type for f in method.fields)
-        self._defaults = {
-            "bit": False,
-            "octet": 0,
-            "short": 0,
-            "long": 0,
-            "longlong": 0,
-            "timestamp": 0,
-            "shortstr": "",
-            "longstr": b"",
-            "table": None,
-        }
-        self.prefix = _HH.pack(self.class_id, self.method_id)
-        self.known_args = frozenset(self.arg_names)
-
-    def __repr__(self) -> str:
-        return f"<MethodSpec {self.name}>"
-
-    def encode(self, kwargs: dict[str, Any]) -> bytes:
-        """
-        Encode this method's payload from keyword arguments (missing ones default).
-        """
-        out = [self.prefix]
-        bits: list[bool] = []
-        for name, op in zip(self.arg_names, self._ops, strict=True):
-            value: Any = kwargs.get(name)
-            if value is None:
-                value = self._defaults[op]
-            if op == "bit":
-                bits.append(bool(value))
-                continue
-            if bits:
-                out.append(_pack_bits(bits))
-                bits = []
-            if op == "shortstr":
-                out.append(encode_shortstr(value))
-            elif op == "short":
-                out.append(_H.pack(value))
-            elif op == "long":
-                out.append(_L.pack(value))
-            elif op in ("longlong", "timestamp"):
-                out.append(_Q.pack(value))
-            elif op == "octet":
-                out.append(_B.pack(value))
-            elif op == "table":
-                out.append(encode_table(value))
-            elif op == "longstr":
-                out.append(encode_longstr(value))
-            else:  # pragma: no cover - the spec has no other types
-                raise ValueError(op)
-        if bits:
-            out.append(_pack_bits(bits))
-        return b"".join(out)
-
-    def decode(self, buf: Buf, off: int) -> dict[str, Any]:
-        """
-        Decode this method's arguments, starting after the class and method ids.
-        """
-        args: dict[str, Any] = {}
-        bitbyte = 0
-        bitpos = 8
-        for name, op in zip(self.arg_names, self._ops, strict=True):
-            if op == "bit":
-                if bitpos == 8:
-                    bitbyte = buf[off]
-                    off += 1
-                    bitpos = 0
-                args[name] = bool(bitbyte >> bitpos & 1)
-                bitpos += 1
-                continue
-            bitpos = 8
-            if op == "shortstr":
-                n = buf[off]
-                args[name] = buf[off + 1 : off + 1 + n].decode("utf-8", "surrogateescape")
-                off += 1 + n
-            elif op == "short":
-                args[name] = _H.unpack_from(buf, off)[0]
-                off += 2
-            elif op == "long":
-                args[name] = _L.unpack_from(buf, off)[0]
-                off += 4
-            elif op in ("longlong", "timestamp"):
-                args[name] = _Q.unpack_from(buf, off)[0]
-                off += 8
-            elif op == "octet":
-                args[name] = buf[off]
-                off += 1
-            elif op == "table":
-                args[name], off = decode_table(buf, off)
-            elif op == "longstr":
-                (n,) = _L.unpack_from(buf, off)
-                args[name] = bytes(buf[off + 4 : off + 4 + n])
-                off += 4 + n
-        return args
-
-
-def _pack_bits(bits: Sequence[bool]) -> bytes:
-    out = bytearray()
-    for i, bit in enumerate(bits):
-        if i % 8 == 0:
-            out.append(0)
-        if bit:
-            out[-1] |= 1 << (i % 8)
-    return bytes(out)
-
-
-class _Methods:
-    """
-    Every method of the spec, by C{"class.method"} name and by (class id, method id).
-    """
-
-    def __init__(self) -> None:
-        self.by_key: dict[tuple[int, int], MethodSpec] = {}
-        self.by_name: dict[str, MethodSpec] = {}
-        for klass in _spec.load_spec().classes:
-            for meth in klass.methods:
-                ms = MethodSpec(meth)
-                self.by_key[ms.key] = ms
-                self.by_name[ms.name] = ms
-
-    def __getitem__(self, name: str) -> MethodSpec:
-        return self.by_name[name]
-
-
-_methods: _Methods | None = None
-
-
-def methods() -> _Methods:
-    """
-    The compiled method table, built once per process.
-    """
-    global _methods
-    if _methods is None:
-        _check_property_order()
-        _methods = _Methods()
-    return _methods
 
 
 # --------------------------------------------------------------------------
@@ -480,23 +298,7 @@ def decode_basic_deliver(buf: Buf, off: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 # content headers (basic class properties)
 
-#: txmsg's names for the basic class's properties, in the spec's order.
-PROPERTY_NAMES: tuple[str, ...] = (
-    "content_type",
-    "content_encoding",
-    "headers",
-    "delivery_mode",
-    "priority",
-    "correlation_id",
-    "reply_to",
-    "expiration",
-    "message_id",
-    "timestamp",
-    "type",
-    "user_id",
-    "app_id",
-    "cluster_id",
-)
+#: the wire types of L{PROPERTY_NAMES}, checked against the spec
 _PROPERTY_TYPES: tuple[str, ...] = (
     "shortstr",
     "shortstr",
@@ -519,7 +321,7 @@ _PROPS = tuple(zip(PROPERTY_NAMES, _PROPERTY_TYPES, _PROPERTY_FLAGS, strict=True
 _PROP_SPECS = {name: (i, kind, flag) for i, (name, kind, flag) in enumerate(_PROPS)}
 
 
-def _check_property_order() -> None:
+def check_property_order() -> None:
     fields = _spec.load_spec().classes.byname["basic"].fields
     types = tuple(f.type for f in fields)
     if types != _PROPERTY_TYPES:  # pragma: no cover - guards the spec file
