@@ -17,8 +17,9 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.logger import Logger
@@ -26,6 +27,7 @@ from twisted.python import reflect, usage
 from twisted.python.failure import Failure
 
 from txmsg._declaring_service import DeclaringService
+from txmsg._render import readable_line
 from txmsg.connection import Connection
 from txmsg.consumer import DEFAULT_PREFETCH, Consumer, Handler
 from txmsg.errors import (
@@ -33,7 +35,6 @@ from txmsg.errors import (
     DeprecatedFeature,
     FatalConnectionError,
     PreconditionFailed,
-    TxmsgError,
 )
 from txmsg.exits import EXIT_FAILED, EXIT_UNAVAILABLE, TWISTD, exit_code_for, help_text
 from txmsg.message import Message
@@ -42,7 +43,9 @@ from txmsg.rpc import RpcServer
 from txmsg.topology import Binding, Exchange, Queue
 from txmsg.url import InvalidURL, parse_urls
 
-ROLES = ("consumer", "worker", "rpc-server", "fanout", "producer")
+if TYPE_CHECKING:
+    from txmsg.producer import Producer
+
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 
 _log = Logger(namespace="txmsg")
@@ -57,23 +60,11 @@ _FLAG_OF_ARG = {
 }
 
 
-def describe(message: Message) -> str:
-    """
-    One readable line for a message.
-    """
-    try:
-        shown: Any = message.payload
-    except TxmsgError:
-        shown = message.body
-    where = f"{message.exchange or '(default)'}/{message.routing_key}"
-    return f"{where}: {shown!r}"
-
-
 def log_message(message: Message) -> None:
     """
     The default handler: one readable line per message.
     """
-    _log.info("{line}", line=describe(message))
+    _log.info("{line}", line=readable_line(message))
 
 
 def echo(message: Message) -> Any:
@@ -104,12 +95,163 @@ def _pair(flag: str, text: str) -> tuple[str, str]:
     return key, value
 
 
+# ---------------------------------------------------------------------------
+# the roles: one record each, whence the --role help, checks, default handler and services
+
+
+@dataclass(frozen=True)
+class Built:
+    """
+    What a role's L{Role.build} made: its service (added after the connection;
+    its C{declared}, if any, is watched at start-up), and the consumers and
+    producer (C{None}: none) that C{--metrics} watches.
+    """
+
+    service: IService
+    consumers: Sequence[Consumer] = ()
+    producer: Producer | None = None
+
+
+@dataclass(frozen=True)
+class Role:
+    """
+    One C{--role}, everything about it in one place.
+
+    @ivar name: the value of C{--role}.
+    @ivar summary: what it does, in a few words for C{--help}.
+    @ivar check: raises L{usage.UsageError} if the options do not suit the
+        role (after the checks common to every role).
+    @ivar build: makes the role's services on the connection, with the reactor.
+    @ivar default_handler: called with each message without C{--handler}.
+    """
+
+    name: str
+    summary: str
+    check: Callable[[Options], None]
+    build: Callable[[Options, Connection, Any], Built]
+    default_handler: Handler = log_message
+
+
+def _check_consumer(options: Options) -> None:
+    if not options["queue"] and not options["exchange"]:
+        raise usage.UsageError("--role consumer needs --queue, or --exchange for a subscriber queue")
+    if (options["binds"] or options["bind_headers"]) and not options["exchange"]:
+        raise usage.UsageError("--bind and --bind-header need --exchange")
+    if options["bind_headers"] and options["exchange-type"] != "headers":
+        raise usage.UsageError("--bind-header needs --exchange-type headers")
+
+
+def _build_consumer(options: Options, connection: Connection, reactor: Any) -> Built:
+    queue, handler = queue_from(options), options["handler_callable"]
+    consumer = Consumer(
+        connection, queue, handler, prefetch=options["prefetch"], concurrency=options["concurrency"]
+    )
+    service = DeclaringService(connection, [queue, *bindings_from(options, queue)], [consumer])
+    return Built(service, [consumer])
+
+
+def _check_worker(options: Options) -> None:
+    if not options["queue"]:
+        raise usage.UsageError("--role worker needs --queue (the jobs' work queue)")
+    if not options["handler"]:
+        raise usage.UsageError("--role worker needs --handler (what a task computes)")
+
+
+def _build_worker(options: Options, connection: Connection, reactor: Any) -> Built:
+    from txmsg.jobs import Worker
+
+    worker = Worker(
+        connection,
+        options["queue"],
+        options["handler_callable"],
+        prefetch=options["worker-prefetch"],
+        concurrency=options["concurrency"],
+        worker_id=options["server-id"],
+    )
+    return Built(worker, worker.consumers, worker.producer)
+
+
+def _check_rpc_server(options: Options) -> None:
+    if not options["queue"] and not options["broadcast"]:
+        raise usage.UsageError("--role rpc-server needs --queue or --broadcast")
+    if (options["binds"] or options["broadcast"]) and not options["exchange"]:
+        raise usage.UsageError("--bind and --broadcast need --exchange")
+
+
+def _build_rpc_server(options: Options, connection: Connection, reactor: Any) -> Built:
+    exchange = Exchange(options["exchange"], options["exchange-type"]) if options["exchange"] else None
+    server = RpcServer(
+        connection,
+        queue_from(options) if options["queue"] else None,
+        options["handler_callable"],
+        exchange=exchange,
+        bindings=options["binds"],
+        broadcast=options["broadcast"],
+        server_id=options["server-id"],
+        prefetch=options["prefetch"],
+        concurrency=options["concurrency"],
+    )
+    return Built(server, server.consumers, server.producer)
+
+
+def _check_fanout(options: Options) -> None:
+    if not options["group"]:
+        raise usage.UsageError("--role fanout needs --group")
+
+
+def _build_fanout(options: Options, connection: Connection, reactor: Any) -> Built:
+    peer = PeerGroup(
+        connection,
+        options["group"],
+        options["handler_callable"],
+        peer_id=options["peer"],
+        durable=bool(options["durable"]),
+        ignore_self=bool(options["ignore-self"]),
+        prefetch=options["prefetch"],
+    )
+    return Built(peer, [peer.consumer], peer.producer)
+
+
+def _check_producer(options: Options) -> None:
+    if not options["listen"]:
+        raise usage.UsageError("--role producer needs --listen ENDPOINT (e.g. tcp:8080)")
+    if options["publish-timeout"] <= 0:
+        raise usage.UsageError("--publish-timeout must be positive")
+    if options["max-body"] < 0:
+        raise usage.UsageError("--max-body must not be negative")
+
+
+def _build_producer(options: Options, connection: Connection, reactor: Any) -> Built:
+    from txmsg.producer import Producer
+    from txmsg.web import PublishResource, web_service
+
+    producer = Producer(connection)
+    resource = PublishResource(
+        producer, max_body=options["max-body"], publish_timeout=options["publish-timeout"]
+    )
+    return Built(web_service(options["listen"], resource, reactor), producer=producer)
+
+
+#: every role by its C{--role} name, in the order C{--help} lists them
+ROLES: dict[str, Role] = {
+    role.name: role
+    for role in (
+        Role("consumer", "consume a queue", _check_consumer, _build_consumer),
+        Role("worker", "process a job's tasks", _check_worker, _build_worker),
+        Role("rpc-server", "answer requests", _check_rpc_server, _build_rpc_server, default_handler=echo),
+        Role("fanout", "join a peer group", _check_fanout, _build_fanout),
+        Role("producer", "an HTTP publishing endpoint", _check_producer, _build_producer),
+    )
+}
+
+
 class Options(usage.Options):
     synopsis = "--role ROLE [--url URL]... [options]"
     longdesc = (
-        "Host a txmsg service on RabbitMQ.  Roles: consumer (consume a queue), worker (process a job's "
-        "tasks), rpc-server (answer requests), fanout (join a peer group), producer (an HTTP publishing "
-        "endpoint).  " + help_text(TWISTD, compact=True)
+        "Host a txmsg service on RabbitMQ.  Roles: "
+        + ", ".join(f"{role.name} ({role.summary})" for role in ROLES.values())
+        + ".  "
+        + help_text(TWISTD, compact=True)
     )
 
     optParameters = [
@@ -229,41 +371,10 @@ class Options(usage.Options):
             raise usage.UsageError("--concurrency must be at least 1")
         if self["transient"] and (self["durable"] or self["quorum"]):
             raise usage.UsageError("--transient contradicts --durable and --quorum")
-        getattr(self, "_check_" + role.replace("-", "_"))()
-        default = echo if role == "rpc-server" else log_message
-        self["handler_callable"] = resolve_handler(self["handler"]) if self["handler"] else default
-
-    def _check_consumer(self) -> None:
-        if not self["queue"] and not self["exchange"]:
-            raise usage.UsageError("--role consumer needs --queue, or --exchange for a subscriber queue")
-        if (self["binds"] or self["bind_headers"]) and not self["exchange"]:
-            raise usage.UsageError("--bind and --bind-header need --exchange")
-        if self["bind_headers"] and self["exchange-type"] != "headers":
-            raise usage.UsageError("--bind-header needs --exchange-type headers")
-
-    def _check_worker(self) -> None:
-        if not self["queue"]:
-            raise usage.UsageError("--role worker needs --queue (the jobs' work queue)")
-        if not self["handler"]:
-            raise usage.UsageError("--role worker needs --handler (what a task computes)")
-
-    def _check_rpc_server(self) -> None:
-        if not self["queue"] and not self["broadcast"]:
-            raise usage.UsageError("--role rpc-server needs --queue or --broadcast")
-        if (self["binds"] or self["broadcast"]) and not self["exchange"]:
-            raise usage.UsageError("--bind and --broadcast need --exchange")
-
-    def _check_fanout(self) -> None:
-        if not self["group"]:
-            raise usage.UsageError("--role fanout needs --group")
-
-    def _check_producer(self) -> None:
-        if not self["listen"]:
-            raise usage.UsageError("--role producer needs --listen ENDPOINT (e.g. tcp:8080)")
-        if self["publish-timeout"] <= 0:
-            raise usage.UsageError("--publish-timeout must be positive")
-        if self["max-body"] < 0:
-            raise usage.UsageError("--max-body must not be negative")
+        ROLES[role].check(self)
+        self["handler_callable"] = (
+            resolve_handler(self["handler"]) if self["handler"] else ROLES[role].default_handler
+        )
 
 
 def resolve_handler(spec: str) -> Handler:
@@ -457,85 +568,19 @@ def make_services(options: Options, reactor: Any) -> MultiService:
     top = MultiService()
     connection = Connection(options["urls"] or None, reactor=reactor, name=options["name"])
     connection.setServiceParent(top)
-    role = options["role"]
-    handler = options["handler_callable"]
-    consumers: list[Consumer] = []
-    producer = None
-    if role == "consumer":
-        queue = queue_from(options)
-        consumer = Consumer(
-            connection, queue, handler, prefetch=options["prefetch"], concurrency=options["concurrency"]
-        )
-        role_service: Any = DeclaringService(connection, [queue, *bindings_from(options, queue)], [consumer])
-        role_service.setServiceParent(top)
-        consumers.append(consumer)
-    elif role == "worker":
-        from txmsg.jobs import Worker
-
-        worker = Worker(
-            connection,
-            options["queue"],
-            handler,
-            prefetch=options["worker-prefetch"],
-            concurrency=options["concurrency"],
-            worker_id=options["server-id"],
-        )
-        role_service = worker
-        worker.setServiceParent(top)
-        consumers.extend(worker.consumers)
-        producer = worker.producer
-    elif role == "rpc-server":
-        exchange = Exchange(options["exchange"], options["exchange-type"]) if options["exchange"] else None
-        server = RpcServer(
-            connection,
-            queue_from(options) if options["queue"] else None,
-            handler,
-            exchange=exchange,
-            bindings=options["binds"],
-            broadcast=options["broadcast"],
-            server_id=options["server-id"],
-            prefetch=options["prefetch"],
-            concurrency=options["concurrency"],
-        )
-        role_service = server
-        server.setServiceParent(top)
-        consumers.extend(server.consumers)
-        producer = server.producer
-    elif role == "fanout":
-        peer = PeerGroup(
-            connection,
-            options["group"],
-            handler,
-            peer_id=options["peer"],
-            durable=bool(options["durable"]),
-            ignore_self=bool(options["ignore-self"]),
-            prefetch=options["prefetch"],
-        )
-        role_service = peer
-        peer.setServiceParent(top)
-        consumers.append(peer.consumer)
-        producer = peer.producer
-    else:
-        from txmsg.producer import Producer
-        from txmsg.web import PublishResource, web_service
-
-        producer = Producer(connection)
-        resource = PublishResource(
-            producer, max_body=options["max-body"], publish_timeout=options["publish-timeout"]
-        )
-        role_service = web_service(options["listen"], resource, reactor)
-        role_service.setServiceParent(top)
+    built = ROLES[options["role"]].build(options, connection, reactor)
+    built.service.setServiceParent(top)
     # after the role's service, so that its declarations have begun
-    _StartupWatch(reactor, connection, role_service, options["connect-timeout"]).setServiceParent(top)
+    _StartupWatch(reactor, connection, built.service, options["connect-timeout"]).setServiceParent(top)
     if options["metrics"]:
         from txmsg.metrics import Metrics, watch_connection, watch_consumer, watch_producer
         from txmsg.web import MonitorResource, web_service
 
         metrics = Metrics()
         watch_connection(metrics, connection)
-        if producer is not None:
-            watch_producer(metrics, producer)
-        for c in consumers:
+        if built.producer is not None:
+            watch_producer(metrics, built.producer)
+        for c in built.consumers:
             watch_consumer(metrics, c)
         web_service(options["metrics"], MonitorResource(metrics, connection), reactor).setServiceParent(top)
     return top

@@ -13,9 +13,14 @@ from txmsg import Binding, Exchange, Queue
 from txmsg._declaring_service import DeclaringService
 from txmsg.errors import DeprecatedFeature, PreconditionFailed
 from txmsg.tap import (
+    ROLES,
+    Built,
     Options,
+    Role,
     bindings_from,
+    echo,
     explain,
+    log_message,
     make_services,
     parse_value,
     queue_from,
@@ -171,9 +176,7 @@ def test_explain_a_refused_transient_queue_names_the_flag() -> None:
     queue and --transient, the flag that asked for it; another refused
     feature keeps the library's own advice.
     """
-    text = (
-        "INTERNAL_ERROR - Feature `transient_nonexcl_queues` is deprecated.\nIts use is not permitted"
-    )
+    text = "INTERNAL_ERROR - Feature `transient_nonexcl_queues` is deprecated.\nIts use is not permitted"
     refused = DeprecatedFeature(541, text).about("queue 'hello' (transient)")
     line = explain(Failure(refused))
     assert "\n" not in line
@@ -349,3 +352,108 @@ def test_twistd_help_lists_its_exit_statuses_from_the_one_table() -> None:
     text = " ".join(Options().getUsage().split())
     for code, meaning in exits.TABLE:
         assert (f"{code} {meaning}" in text) == (code in exits.TWISTD), code
+
+
+# --- each role is one record ---------------------------------------------------
+
+
+def test_every_role_is_one_record_listed_by_the_role_help() -> None:
+    """
+    ROLES holds one record per role under its own name, each with its check,
+    build and default handler; --role's help and --help's description list
+    exactly those names, in that order, and --role refuses any other.
+    """
+    assert list(ROLES) == ["consumer", "worker", "rpc-server", "fanout", "producer"]
+    for name, role in ROLES.items():
+        assert isinstance(role, Role) and role.name == name
+        assert callable(role.check) and callable(role.build) and callable(role.default_handler)
+        assert role.summary and f"{name} ({role.summary})" in Options.longdesc
+    listed = Options().docs["role"].removeprefix("What to run: ").removesuffix(".").split(", ")
+    assert listed == list(ROLES)
+    with pytest.raises(usage.UsageError) as e:
+        parse("--role", "nope")
+    assert str(e.value) == "--role must be one of: " + ", ".join(ROLES)
+
+
+def test_default_handler_comes_from_the_role_record() -> None:
+    """
+    Without --handler a role's messages go to its record's default handler:
+    rpc-server echoes, the others log one line per message.
+    """
+    assert ROLES["rpc-server"].default_handler is echo
+    assert parse("--role", "rpc-server", "--queue", "q")["handler_callable"] is echo
+    assert parse("--role", "consumer", "--queue", "q")["handler_callable"] is log_message
+    assert parse("--role", "fanout", "--group", "g")["handler_callable"] is log_message
+
+
+def test_a_role_is_checked_and_built_only_from_its_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A record added to ROLES is a role: --role accepts it after the checks
+    common to every role, its check sees the options, its default handler is
+    used, and make_services adds its service after the connection, with
+    nothing else to change (neither names any role).
+    """
+    import inspect
+
+    from twisted.application.service import Service
+
+    for function in (Options.postOptions, make_services):
+        source = inspect.getsource(function)
+        assert [name for name in ROLES if f'"{name}"' in source] == [], function
+
+    checked: list[Options] = []
+    built: list[Built] = []
+
+    def check(options: Options) -> None:
+        checked.append(options)
+        if not options["queue"]:
+            raise usage.UsageError("--role made-up needs --queue")
+
+    def build(options: Options, connection: object, reactor: object) -> Built:
+        built.append(Built(Service()))
+        return built[-1]
+
+    def handler(message: object) -> None:
+        return None
+
+    monkeypatch.setitem(ROLES, "made-up", Role("made-up", "a role of this test", check, build, handler))
+    with pytest.raises(usage.UsageError, match="--prefetch"):
+        parse("--role", "made-up", "--queue", "q", "--prefetch", "70000")
+    assert not checked
+    with pytest.raises(usage.UsageError, match="--role made-up needs --queue"):
+        parse("--role", "made-up")
+    options = parse("--role", "made-up", "--queue", "q")
+    assert checked[-1] is options and options["handler_callable"] is handler
+    services = list(make_services(options, Clock()))
+    assert type(services[0]).__name__ == "Connection"
+    assert services[1] is built[0].service
+
+
+@pytest.mark.parametrize(
+    "args, consumers, producer",
+    [
+        (["--role", "consumer", "--queue", "q"], 1, False),
+        (["--role", "worker", "--queue", "jobs", "--handler", "txmsg.tap:echo"], 1, True),
+        (["--role", "rpc-server", "--queue", "q"], 1, True),
+        (["--role", "fanout", "--group", "g"], 1, True),
+        (["--role", "producer", "--listen", "tcp:0:interface=127.0.0.1"], 0, True),
+    ],
+    ids=["consumer", "worker", "rpc-server", "fanout", "producer"],
+)
+def test_each_role_builds_its_service_consumers_and_producer(
+    args: list[str], consumers: int, producer: bool
+) -> None:
+    """
+    Each role's build gives the service make_services adds after the
+    connection, and the consumers and producer --metrics watches.
+    """
+    from txmsg import Connection
+
+    options = parse(*args)
+    connection = Connection(options["urls"], reactor=Clock())
+    result = ROLES[options["role"]].build(options, connection, Clock())
+    assert isinstance(result, Built)
+    assert len(result.consumers) == consumers
+    assert (result.producer is not None) == producer
+    services = list(make_services(options, Clock()))
+    assert type(services[1]) is type(result.service)
