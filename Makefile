@@ -6,6 +6,8 @@
 #                     root, scripts/rabbitmq4.sh); one broker: make test BROKERS=4.3
 #                     or BROKERS=local; extra pytest arguments: PYTEST_ARGS="-k foo"
 #   make broker4      start the RabbitMQ 4.3 node on localhost:5673 and leave it running
+#   make test-twisted-lowest  the suite (unit, then RabbitMQ 3.10) on the lowest Twisted
+#                     setup.cfg admits, in .venv-twisted-lowest (CI runs it after make test)
 #   make lint         ruff + mypy (CI runs it before make test)
 #   make bench        txmsg against pika (Twisted and blocking), aio-pika and raw txAMQP on
 #                     the same broker (installs the "bench" extra; BENCH_ARGS="--rounds 10")
@@ -17,6 +19,9 @@
 VENV_PY := .venv/bin/python
 PYTEST_ARGS ?=
 BROKERS ?= local 4.3
+#: the lowest Twisted setup.cfg admits (keep the two in step)
+TWISTED_LOWEST := 23.10.0
+LOWEST_VENV := $(CURDIR)/.venv-twisted-lowest
 
 # When the project runs its own RabbitMQ node, scripts/ensure-broker.sh leaves a
 # 'rabbitmqctl' for that node here; put it first on PATH for the tests and the
@@ -28,7 +33,7 @@ RMQ_BIN := $(CURDIR)/.txmsg/rabbitmq-$(TXMSG_BROKER_PORT)/bin
 endif
 WITH_BROKER_PATH := PATH="$(RMQ_BIN):$$PATH"
 
-.PHONY: all bootstrap demo test lint bench reliability broker broker4 broker-stop clean
+.PHONY: all bootstrap demo test test-twisted-lowest lint bench reliability broker broker4 broker-stop clean
 
 all: test
 
@@ -40,6 +45,10 @@ demo: bootstrap
 
 test: bootstrap
 	TXMSG_BROKERS="$(BROKERS)" bash scripts/test.sh $(PYTEST_ARGS)
+
+test-twisted-lowest:
+	TXMSG_VENV="$(LOWEST_VENV)" TXMSG_TWISTED=$(TWISTED_LOWEST) bash scripts/bootstrap.sh
+	TXMSG_VENV="$(LOWEST_VENV)" TXMSG_BROKERS="local" bash scripts/test.sh $(PYTEST_ARGS)
 
 lint:
 	bash scripts/bootstrap.sh --no-broker
@@ -66,5 +75,5 @@ broker-stop:
 clean:
 	bash scripts/broker-stop.sh --all
 	bash scripts/rabbitmq4.sh stop
-	rm -rf --one-file-system .venv .txmsg build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache twisted/plugins/dropin.cache
+	rm -rf --one-file-system .venv .venv-twisted-lowest .txmsg build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache twisted/plugins/dropin.cache
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

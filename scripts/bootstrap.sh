@@ -7,6 +7,9 @@
 #      always reflects the sources;
 #   3. an AMQP broker on localhost (scripts/ensure-broker.sh).
 #
+# TXMSG_VENV=DIR puts the virtualenv elsewhere, and TXMSG_TWISTED=VERSION
+# installs that Twisted instead of the latest (make test-twisted-lowest).
+#
 # Usage: scripts/bootstrap.sh [--no-broker]
 # Idempotent: a second run with nothing changed only checks and returns.
 set -euo pipefail
@@ -14,7 +17,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-VENV="$ROOT/.venv"
+VENV="${TXMSG_VENV:-$ROOT/.venv}"
+TWISTED_PIN="${TXMSG_TWISTED:+Twisted[tls]==$TXMSG_TWISTED}"
 VPY="$VENV/bin/python"
 DEPS_STAMP="$VENV/.txmsg-deps.sha256"
 SRC_STAMP="$VENV/.txmsg-src.sha256"
@@ -103,7 +107,7 @@ fingerprint() {
 }
 
 META_FILES=(pyproject.toml setup.cfg setup.py MANIFEST.in)
-deps_fp="$(fingerprint "${META_FILES[@]}")"
+deps_fp="$(fingerprint "${META_FILES[@]}")${TWISTED_PIN:+-$TWISTED_PIN}"
 src_fp="$(fingerprint "${META_FILES[@]}" README.md LICENSE amqp0-9-1.xml txmsg twisted)"
 
 installed() { "$VPY" -m pip show --quiet txmsg >/dev/null 2>&1; }
@@ -114,12 +118,12 @@ stamp_is() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
 clean_build_dirs() { rm -rf "$ROOT/build" "$ROOT"/*.egg-info; }
 
 if ! stamp_is "$DEPS_STAMP" "$deps_fp" || ! installed; then
-    say "installing txmsg and its dependencies (.[test]) into .venv"
+    say "installing txmsg and its dependencies (.[test]${TWISTED_PIN:+, $TWISTED_PIN}) into $VENV"
     clean_build_dirs
     rm -f "$SRC_STAMP"
     # pip always rebuilds and reinstalls a project given as a local directory,
     # so this also installs the current working tree of txmsg itself.
-    "$VPY" -m pip install --quiet ".[test]"
+    "$VPY" -m pip install --quiet ".[test]" ${TWISTED_PIN:+"$TWISTED_PIN"}
     clean_build_dirs
     echo "$deps_fp" >"$DEPS_STAMP"
     # The fingerprint was taken before the build: a file edited meanwhile

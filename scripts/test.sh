@@ -16,11 +16,12 @@
 # Usage: scripts/test.sh [PYTEST_ARGS...]
 #        TXMSG_BROKERS=4.3 scripts/test.sh       one broker only
 #        TXMSG_BROKERS= scripts/test.sh          unit tests only
+#        TXMSG_VENV=DIR scripts/test.sh          with another virtualenv's Python
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PY="$ROOT/.venv/bin/python"
+PY="${TXMSG_VENV:-$ROOT/.venv}/bin/python"
 BROKERS="${TXMSG_BROKERS-local 4.3}"
 RMQ_BIN="$ROOT/.txmsg/rabbitmq/bin"
 
@@ -78,6 +79,6 @@ for broker in $BROKERS; do
     esac
 done
 
-echo "=== summary ($((SECONDS - started)) s)"
+echo "=== summary ($((SECONDS - started)) s; $("$PY" -c 'import sys, twisted; print("Python %d.%d.%d" % sys.version_info[:3], "Twisted", twisted.__version__)'))"
 printf '  %s\n' "${results[@]}"
 exit "$status"

@@ -35,8 +35,13 @@ ADDRESS = f"{HOST}:{PORT}"
 NODES = os.environ.get("TXMSG_TEST_NODES", "host")
 
 
-def url_with(user: str | None = None, password: str | None = None, vhost: str | None = None,
-             host: str | None = None, query: str = "") -> str:
+def url_with(
+    user: str | None = None,
+    password: str | None = None,
+    vhost: str | None = None,
+    host: str | None = None,
+    query: str = "",
+) -> str:
     """
     The test broker's URL with some parts replaced (a wrong password, another
     vhost, an unreachable host, heartbeat options...).

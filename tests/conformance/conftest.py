@@ -26,7 +26,7 @@ from txmsg import Connection
 from txmsg.testing import MemoryBroker
 
 from .. import broker as test_broker
-from ..integration.conftest import BROKER_URL, eventually, sleep
+from ..integration.support import BROKER_URL, eventually, sleep
 
 
 def _version() -> tuple[int, int]:

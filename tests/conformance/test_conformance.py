@@ -165,10 +165,10 @@ async def test_prefetch_and_fair_dispatch(broker: Env) -> None:
 
     a = Consumer(conn, q, hold, prefetch=1)
     a.startService()
-    await broker.wait(a.wait_consuming())
+    await broker.wait(a.when_ready())
     b = Consumer(conn, q, lambda m: fast.append(m.body), prefetch=1)
     b.startService()
-    await broker.wait(b.wait_consuming())
+    await broker.wait(b.when_ready())
     await broker.until(lambda: len(fast) == 3)
     assert slow == [b"m0"] and fast == [b"m1", b"m2", b"m3"]
     held.callback(None)
@@ -216,7 +216,7 @@ async def test_deleted_queue_cancels_its_consumer(broker: Env) -> None:
     cancelled: list[str] = []
     consumer = Consumer(other, q, lambda m: None, on_cancel=lambda c: cancelled.append("cancelled"))
     consumer.startService()
-    await broker.wait(consumer.wait_consuming())
+    await broker.wait(consumer.when_ready())
     channel = await broker.wait(owner.channel())
     await broker.wait(channel.call("queue.delete", queue=q))
     await broker.until(lambda: cancelled == ["cancelled"])
@@ -403,7 +403,7 @@ async def test_rpc_over_direct_reply_to(broker: Env) -> None:
 
     server = RpcServer(server_conn, Queue(name), answer)
     server.startService()
-    await broker.wait(server.wait_ready())
+    await broker.wait(server.when_ready())
     client = RpcClient(client_conn)
     assert await broker.wait(client.call(name, 21)) == 42
     assert seen[0].startswith("amq.rabbitmq.reply-to.")
@@ -420,7 +420,7 @@ async def test_auto_delete_queue_goes_with_its_last_consumer(broker: Env) -> Non
     q = Queue(broker.name("auto"), auto_delete=True)
     consumer = Consumer(conn, q, lambda m: None)
     consumer.startService()
-    await broker.wait(consumer.wait_consuming())
+    await broker.wait(consumer.when_ready())
     assert await broker.depth(conn, q.name) == 0
     await broker.wait(consumer.stopService())
     with pytest.raises(NotFound):

@@ -1,99 +1,25 @@
 """
-Integration test support: the real broker (L{tests.broker}: localhost:5672 or
-$TXMSG_TEST_URL), a pika peer run in threads, and rabbitmqctl for what the
-broker holds.
+Fixtures for the broker tests: a pika peer, a txmsg connection, a broker that
+takes big bodies.  The helpers under them (and that tests import) are in
+L{tests.integration.support}.
 """
 
 from __future__ import annotations
 
-import re
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
-import pika
 import pytest
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThread
 
 from txmsg import Connection
 
 from .. import broker
-from ..broker import URL as BROKER_URL
-from ..broker import rabbitmqctl
-
-
-def unique(prefix: str = "t") -> str:
-    return f"txmsg-test-{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-class PikaPeer:
-    """
-    A blocking pika client used as an independent peer; every call runs in a
-    thread so the reactor keeps turning.
-    """
-
-    def __init__(self, url: str = BROKER_URL) -> None:
-        self.url = url
-
-    def _run(self, fn: Callable[[Any], Any]) -> Deferred[Any]:
-        def work() -> Any:
-            conn = pika.BlockingConnection(pika.URLParameters(self.url))
-            try:
-                return fn(conn.channel())
-            finally:
-                conn.close()
-
-        return deferToThread(work)
-
-    def publish(
-        self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties | None = None
-    ) -> Deferred[None]:
-        return self._run(lambda ch: ch.basic_publish(exchange, routing_key, body, properties))
-
-    def depth(self, queue: str) -> Deferred[int]:
-        """
-        How many ready messages the broker holds in C{queue}.
-        """
-        return self._run(lambda ch: ch.queue_declare(queue, passive=True).method.message_count)
-
-    def get(
-        self, queue: str, count: int = 1, timeout: float = 10.0
-    ) -> Deferred[list[tuple[Any, Any, bytes]]]:
-        """
-        Fetch up to C{count} messages from C{queue}, acking each.
-        """
-
-        def fetch(ch: Any) -> list[tuple[Any, Any, bytes]]:
-            got = []
-            for method, props, body in ch.consume(queue, inactivity_timeout=timeout):
-                if method is None:
-                    break
-                ch.basic_ack(method.delivery_tag)
-                got.append((method, props, body))
-                if len(got) >= count:
-                    break
-            ch.cancel()
-            return got
-
-        return self._run(fetch)
-
-    def delete_queue(self, queue: str) -> Deferred[None]:
-        return self._run(lambda ch: ch.queue_delete(queue))
-
-    def delete_exchange(self, exchange: str) -> Deferred[None]:
-        return self._run(lambda ch: ch.exchange_delete(exchange))
+from .support import BIG_MESSAGE_SIZE, BROKER_URL, PikaPeer, unique
 
 
 @pytest.fixture
 def pika_peer() -> PikaPeer:
     return PikaPeer()
-
-
-#: what the big-body tests need: RabbitMQ 3's default limit (128 MiB)
-BIG_MESSAGE_SIZE = 128 << 20
 
 
 @pytest.fixture(scope="session")
@@ -130,67 +56,3 @@ def connection() -> Iterator[Connection]:
         from pytest_twisted import blockon
 
         blockon(conn.stopService())
-
-
-def connection_pids(connection_name: str) -> list[str]:
-    """
-    The broker's pids of the connections whose client_properties carry this name.
-    """
-    out = rabbitmqctl("list_connections", "pid", "client_properties", "--no-table-headers", "-q")
-    return [
-        m.group(0)
-        for line in out.splitlines()
-        if connection_name in line and (m := re.match(r"<[^>]+>", line.strip()))
-    ]
-
-
-def close_connection(connection_name: str, reason: str = "closed by test") -> Deferred[list[str]]:
-    """
-    Have the broker close our connection (rabbitmqctl close_connection).
-    """
-
-    def work() -> list[str]:
-        pids = connection_pids(connection_name)
-        for pid in pids:
-            rabbitmqctl("close_connection", pid, reason)
-        return pids
-
-    return deferToThread(work)
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, seconds, lambda: None)
-
-
-__all__ = [
-    "BIG_MESSAGE_SIZE",
-    "BROKER_URL",
-    "PikaPeer",
-    "big_messages_url",
-    "close_connection",
-    "eventually",
-    "rabbitmqctl",
-    "sleep",
-    "unique",
-]
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """
-    Wait until C{check()} returns something truthy (awaiting it if it is a
-    Deferred); fail the test with the last value after C{timeout} seconds.
-    """
-    deadline = time.monotonic() + timeout
-    value: Any = None
-    while True:
-        value = check()
-        if isinstance(value, Deferred):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            break
-        await sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")

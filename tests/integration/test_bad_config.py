@@ -16,14 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BROKER_URL
 from .nodes import free_port
-from .test_cli import COMMAND as CLI
-from .test_twistd import TWISTD
+from .support import BROKER_URL, ROOT, TWISTD, run
+from .support import COMMAND as CLI
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "pw-Secret-42"
 HOST = BROKER_URL.split("@")[-1].split("/")[0]
 
@@ -83,24 +81,6 @@ CASES = {
         "--handler broken_handler:handle: importing it failed",
     ),
 }
-
-
-@dataclass
-class Ran:
-    code: int
-    text: str
-    seconds: float
-
-    @property
-    def lines(self) -> list[str]:
-        return [line for line in self.text.splitlines() if line.strip()]
-
-
-def run(args: list[str], cwd: Path, timeout: float = 60) -> Ran:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(cwd)]), TXMSG_URL=BROKER_URL)
-    start = time.monotonic()
-    done = subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
-    return Ran(done.returncode, done.stdout + done.stderr, time.monotonic() - start)
 
 
 @pytest.fixture

@@ -56,6 +56,6 @@ def test_quick_benchmark_measures_every_scenario(tmp_path: Path, big_messages_ur
     runs = json.loads(figures.read_text())
     assert all(run["rate"] > 0 for entry in runs.values() for run in entry)
     assert runs["txmsg e2e"][0]["p50_ms"] is not None
-    from .conftest import rabbitmqctl
+    from .support import rabbitmqctl
 
     assert "txmsg-bench-" not in rabbitmqctl("list_queues", "name", "--no-table-headers", "-q")

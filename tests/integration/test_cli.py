@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,12 +33,11 @@ from txmsg import Connection, Message
 from txmsg.rpc import RpcServer
 
 from .. import broker
-from .conftest import BROKER_URL, unique
+from .support import BROKER_URL, COMMAND, unique
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMAND = [sys.executable, "-m", "txmsg.cli"]
 ENV = dict(os.environ, TXMSG_URL=BROKER_URL)
 
 
@@ -479,7 +477,7 @@ class Servers:
         self.servers.append(server)
         server.startService()
         for consumer in server.consumers:
-            await consumer.wait_consuming()
+            await consumer.when_ready()
 
     async def stop(self) -> None:
         for d in self.hanging:

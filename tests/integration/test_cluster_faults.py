@@ -19,9 +19,9 @@ from twisted.internet.threads import deferToThread
 
 from txmsg import Connection, Consumer, Producer, Queue
 
-from .conftest import eventually, unique
 from .nodes import RabbitNode, available, scratch
 from .report import Tally, record, scaled
+from .support import eventually, unique
 
 pytestmark = [
     pytest.mark.integration,

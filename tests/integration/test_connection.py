@@ -29,7 +29,7 @@ from txmsg import (
 )
 
 from .. import broker
-from .conftest import PikaPeer, close_connection, eventually, rabbitmqctl, unique
+from .support import PikaPeer, close_connection, eventually, rabbitmqctl, unique
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ async def test_channel_error_fails_only_that_operation(connection: Connection, p
     consumer = Consumer(connection, name, received.append)
     consumer.startService()
     try:
-        await consumer.wait_consuming()
+        await consumer.when_ready()
         protocol = connection.protocol
         with pytest.raises(PreconditionFailed) as e406:
             await connection.declare(Queue(name, durable=False))
@@ -87,7 +87,7 @@ async def test_closed_connection_is_replaced_with_topology_and_consumer(
     received: list[Message] = []
     consumer = Consumer(connection, queue, received.append)
     consumer.startService()
-    await consumer.wait_consuming()
+    await consumer.when_ready()
     await pika_peer.publish(exchange.name, "news.before", b"1")
     await eventually(lambda: len(received) == 1)
     old_protocol = connection.protocol
@@ -95,9 +95,7 @@ async def test_closed_connection_is_replaced_with_topology_and_consumer(
     closed = await close_connection(connection.name)
     assert len(closed) == 1
     await eventually(lambda: connection.is_connected and connection.protocol is not old_protocol, timeout=15)
-    await eventually(
-        lambda: consumer.channel is not None and consumer.channel.protocol is connection.protocol
-    )
+    await eventually(lambda: consumer.channel is not None and consumer.channel._link is connection.protocol)
     new_name = connection.names[queue]
     assert new_name != old_name
     await pika_peer.publish(exchange.name, "news.after", b"2")
@@ -249,8 +247,8 @@ async def test_a_big_message_written_to_a_full_socket_keeps_its_bytes_in_order()
     from twisted.internet.defer import Deferred
     from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 
-    from txmsg import _codec
-    from txmsg._protocol import AMQPProtocol
+    from txmsg._amqp import AMQPProtocol, Channel
+    from txmsg._amqp import codec as _codec
     from txmsg.url import parse_url
 
     got = bytearray()
@@ -277,7 +275,8 @@ async def test_a_big_message_written_to_a_full_socket_keeps_its_bytes_in_order()
         frames = _codec.publish_frames(1, "", "q", False, {}, body, 131072)
         assert isinstance(frames, list)
         woken: list[bool] = []
-        client.flow_listeners.append(lambda: woken.append(True))
+        client.channels[1] = Channel(client, 1)  # a channel to be told, with no channel.open
+        client.channels[1].on_writable = lambda: woken.append(True)
         client.write_sequence(frames)
         transport = client.transport
         held = len(transport.dataBuffer) - transport.offset + transport._tempDataLen

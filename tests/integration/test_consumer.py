@@ -14,7 +14,7 @@ import pytest_twisted
 
 from txmsg import Connection, Consumer, Message, Producer, Queue, Requeue
 
-from .conftest import PikaPeer, eventually, unique
+from .support import PikaPeer, eventually, unique
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,7 @@ async def test_undecodable_body_never_reaches_the_handler(
     consumer = Consumer(connection, name, handled.append)
     consumer.startService()
     try:
-        await consumer.wait_consuming()
+        await consumer.when_ready()
         for body, ctype in [
             (b"{not json", "application/json"),
             (b"\xff\xfe", "text/plain"),

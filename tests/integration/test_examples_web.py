@@ -20,7 +20,7 @@ from typing import Any
 import pika
 import pytest
 
-from .conftest import BROKER_URL, unique
+from .support import BROKER_URL, unique
 
 pytestmark = pytest.mark.integration
 

@@ -16,18 +16,10 @@ from twisted.internet.task import LoopingCall, deferLater
 
 from txmsg import Binding, Connection, Consumer, Exchange, Producer, Queue
 
-from .. import broker
-from .conftest import PikaPeer, eventually, unique
-from .faults import FaultProxy
 from .report import Tally, record, scaled
+from .support import PikaPeer, eventually, proxied, rabbitmqctl, unique
 
 pytestmark = pytest.mark.integration
-
-
-async def proxied() -> tuple[FaultProxy, str]:
-    proxy = FaultProxy(reactor, broker.HOST, broker.PORT)
-    port = await proxy.start()
-    return proxy, f"amqp://guest:guest@127.0.0.1:{port}/%2F?heartbeat=5&connection_timeout=5"
 
 
 @pytest_twisted.ensureDeferred
@@ -87,7 +79,7 @@ async def test_cuts_every_second_lose_no_confirmed_message(pika_peer: PikaPeer) 
     dedupe_consumer = Consumer(sub, dedupe_queue, deduped.delivered, prefetch=200, dedupe_window=total)
     for c in (consumer, dedupe_consumer):
         c.startService()
-        await c.wait_consuming()
+        await c.when_ready()
     producer = Producer(pub)
     confirmed = plain.confirmed
     failed: list[Any] = []
@@ -194,15 +186,13 @@ async def test_rpc_under_cuts_answers_each_call_once_or_times_out(pika_peer: Pik
     """
     from txmsg import RpcClient, RpcServer, RpcTimeout
 
-    from .conftest import rabbitmqctl
-
     proxy, url = await proxied()
     name = unique("rpc-cuts")
     server_conn = Connection(url, reactor=reactor, name=unique("rpc-srv"))
     client_conn = Connection(url, reactor=reactor, name=unique("rpc-cli"))
     server = RpcServer(server_conn, name, lambda m: m.payload * 2, prefetch=50)
     server.startService()
-    await server.wait_ready()
+    await server.when_ready()
     client = RpcClient(client_conn, reply_queue=True)
     reply_queue = client.reply_to
     cutter = LoopingCall(proxy.cut_all)
@@ -269,7 +259,7 @@ async def test_peer_groups_under_cuts_hear_every_confirmed_shout(pika_peer: Pika
     for p in peers:
         p.startService()
     for p in peers:
-        await p.wait_ready()
+        await p.when_ready()
     cutter = LoopingCall(proxy.cut_all)
     cutter.clock = reactor
     try:
@@ -319,8 +309,6 @@ async def test_password_never_appears_in_logs_or_reprs(pika_peer: PikaPeer) -> N
     from twisted.logger import formatEvent, globalLogPublisher
 
     from txmsg.errors import AuthenticationError
-
-    from .conftest import rabbitmqctl
 
     secret = "s3cr3t-" + unique("pw")[-8:]
     user = "nobody"

@@ -14,7 +14,7 @@ import pytest_twisted
 
 from txmsg import Consumer, Message, Producer, Queue
 
-from .conftest import PikaPeer, eventually, unique
+from .support import PikaPeer, eventually, unique
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ async def test_hello_world_pika_to_txmsg(connection, pika_peer: PikaPeer) -> Non
     consumer = Consumer(connection, name, received.append)
     consumer.startService()
     try:
-        await consumer.wait_consuming()
+        await consumer.when_ready()
         for i in range(3):
             await pika_peer.publish("", name, f"Hello World! {i}".encode())
         await eventually(lambda: len(received) == 3)
@@ -90,7 +90,7 @@ async def test_headers_of_every_type_from_pika(connection, pika_peer: PikaPeer) 
     consumer = Consumer(connection, name, received.append)
     consumer.startService()
     try:
-        await consumer.wait_consuming()
+        await consumer.when_ready()
         await pika_peer.publish(
             "",
             name,

@@ -17,7 +17,7 @@ from twisted.internet.task import deferLater
 from txmsg import Connection, Message
 from txmsg.jobs import JobClient, JobProgress, JobTimeout, Worker
 
-from .conftest import BROKER_URL, PikaPeer, eventually, unique
+from .support import BROKER_URL, PikaPeer, eventually, unique
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ async def start_workers(workers: list[Worker]) -> None:
     for w in workers:
         await w.declared
         for c in w.consumers:
-            await c.wait_consuming()
+            await c.when_ready()
 
 
 def square(m: Message) -> Any:

@@ -16,9 +16,9 @@ from twisted.internet.threads import deferToThread
 
 from txmsg import Connection, Consumer, Message, Producer, Queue
 
-from .conftest import eventually, unique
 from .nodes import RabbitNode, available, scratch
 from .report import Tally, record, scaled
+from .support import eventually, unique
 
 pytestmark = [
     pytest.mark.integration,
@@ -142,14 +142,17 @@ async def test_memory_alarm_pauses_publishers_and_they_resume_at_once(node: Rabb
         assert confirmed_while_blocked < count
         unblocked_at: list[float] = []
         first_confirm_after: list[float] = []
-        protocol = conn.protocol
-        assert protocol is not None
+        channel = producer._channel
+        assert channel is not None
+        drain = channel.on_writable
+        assert drain is not None
 
         def flow() -> None:
-            if protocol.blocked is None and not unblocked_at:
+            if channel.blocked is None and not unblocked_at:
                 unblocked_at.append(time.monotonic())
+            drain()
 
-        protocol.flow_listeners.append(flow)
+        channel.on_writable = flow
         waiting = [d for d in ds if not d.called]
         waiting[0].addBoth(lambda r: first_confirm_after.append(time.monotonic()) or r)
     finally:
@@ -204,7 +207,7 @@ async def test_consumer_timeout_closing_the_channel_is_recovered(node: RabbitNod
     consumer = Consumer(conn, name, handler, stop_timeout=1)
     consumer.startService()
     try:
-        await consumer.wait_consuming()
+        await consumer.when_ready()
         first = consumer.channel
         await Producer(conn).publish("", name, b"slow")
         started = time.monotonic()

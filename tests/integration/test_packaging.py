@@ -29,6 +29,7 @@ SPEC_NAME = "amqp0-9-1.xml"
 _COPY_IGNORE = shutil.ignore_patterns(
     ".git",
     ".venv",
+    ".venv-*",
     ".txmsg",
     "build",
     "dist",
@@ -171,15 +172,15 @@ def test_installed_package_ships_and_loads_the_spec(installed_wheel: InstalledWh
     The AMQP spec is read from inside the installed package: the resource
     C{txmsg/amqp0-9-1.xml} exists in the virtualenv's site-packages with the
     same bytes as the repository's top-level C{amqp0-9-1.xml}, and
-    C{txmsg._spec.load_spec()} (run outside the source tree) returns a spec
+    C{txmsg._amqp.spec.load_spec()} (run outside the source tree) returns a spec
     that has RabbitMQ's C{confirm} class.
     """
     script = textwrap.dedent(
         """
         import importlib.resources, json, sys, sysconfig
-        import txmsg, txmsg._spec
+        import txmsg, txmsg._amqp.spec
         res = importlib.resources.files("txmsg").joinpath("amqp0-9-1.xml")
-        spec = txmsg._spec.load_spec()
+        spec = txmsg._amqp.spec.load_spec()
         json.dump({
             "package": txmsg.__file__,
             "purelib": sysconfig.get_paths()["purelib"],

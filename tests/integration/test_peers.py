@@ -14,7 +14,7 @@ from twisted.internet.threads import deferToThread
 from txmsg import Connection, Message
 from txmsg.peers import PeerGroup
 
-from .conftest import BROKER_URL, PikaPeer, eventually, rabbitmqctl, sleep, unique
+from .support import BROKER_URL, PikaPeer, eventually, rabbitmqctl, sleep, unique
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ async def test_every_peer_hears_every_shout_including_its_own(
         )
         peer.startService()
         await peer.declared
-        await peer.consumer.wait_consuming()
+        await peer.consumer.when_ready()
         peers.append(peer)
     try:
         for peer in peers:
@@ -72,7 +72,7 @@ async def test_ignore_self_skips_own_shouts(connection: Connection, pika_peer: P
     for p in (a, b):
         p.startService()
         await p.declared
-        await p.consumer.wait_consuming()
+        await p.consumer.when_ready()
     try:
         await a.shout("from a")
         await b.shout("from b")
@@ -102,7 +102,7 @@ async def test_durable_peer_hears_what_was_shouted_while_it_was_away(
     for p in (durable, transient):
         p.startService()
         await p.declared
-        await p.consumer.wait_consuming()
+        await p.consumer.when_ready()
     shouter = PeerGroup(connection, group, lambda m: None, peer_id="shouter")
     try:
         await durable.stopService()
@@ -164,7 +164,7 @@ async def test_pika_peer_and_txmsg_peer_hear_each_other(connection: Connection, 
     peer = PeerGroup(connection, group, lambda m: heard.append(m.body), peer_id="tx")
     peer.startService()
     await peer.declared
-    await peer.consumer.wait_consuming()
+    await peer.consumer.when_ready()
     ready: Deferred[None] = Deferred()
     pika_side = deferToThread(pika_listen_then_shout, group, b"pika here", 2, ready)
     try:

@@ -18,8 +18,8 @@ import pytest_twisted
 
 from txmsg import Connection, Consumer, Exchange, Message, Queue
 
-from .conftest import PikaPeer, eventually, unique
 from .report import record
+from .support import PikaPeer, eventually, unique
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ async def test_poison_messages_are_dead_lettered_and_the_consumer_goes_on(
 
     consumer = Consumer(connection, name, handler, max_body=1024)
     consumer.startService()
-    await consumer.wait_consuming()
+    await consumer.when_ready()
     marker = tmp_path / "pickle-ran"
     json_type = pika.BasicProperties(content_type="application/json")
     poison = [

@@ -24,8 +24,8 @@ from txmsg import Connection, Consumer, Message, Producer, Queue, Requeue
 from txmsg.producer import Nacked, Unroutable
 
 from .. import broker
-from .conftest import BROKER_URL, PikaPeer, eventually, rabbitmqctl, sleep, unique
 from .report import record
+from .support import BROKER_URL, PikaPeer, eventually, rabbitmqctl, sleep, unique
 
 pytestmark = pytest.mark.integration
 
@@ -151,7 +151,7 @@ async def test_fair_dispatch_a_late_consumer_gets_its_share(
 
     a = Consumer(connection, name, slow)
     a.startService()
-    await a.wait_consuming()
+    await a.when_ready()
     producer = Producer(connection)
     await DeferredList([producer.publish("", name, b"%d" % i) for i in range(30)], fireOnOneErrback=True)
     b = Consumer(connection, name, lambda m: by_b.append(m.body))
@@ -357,12 +357,13 @@ async def test_consumer_of_a_missing_queue_fails_to_start_but_the_connection_liv
     consumer.startService()
     try:
         with pytest.raises(NotFound):
-            await consumer.wait_consuming()
-        protocol = await connection.when_ready()
+            await consumer.when_ready()
+        await connection.when_ready()
+        protocol = connection.protocol
         await sleep(0.3)
         assert connection.is_connected and connection.protocol is protocol
         await connection.declare(Queue(name))
-        await consumer.wait_consuming()
+        await consumer.when_ready()
         await pika_peer.publish("", name, b"now")
         await eventually(lambda: received == [b"now"], timeout=15)
     finally:
@@ -384,12 +385,12 @@ async def test_deleted_owned_queue_is_declared_again_and_consumed(
     consumer = Consumer(connection, Queue(name), lambda m: received.append(m.body))
     consumer.startService()
     try:
-        await consumer.wait_consuming()
+        await consumer.when_ready()
         first_channel = consumer.channel
         deleted_at = time.monotonic()
         await pika_peer.delete_queue(name)
         await eventually(lambda: consumer.channel is not None and consumer.channel is not first_channel)
-        await consumer.wait_consuming()
+        await consumer.when_ready()
         again = time.monotonic() - deleted_at
         await pika_peer.publish("", name, b"after")
         await eventually(lambda: received == [b"after"], timeout=15)
@@ -417,7 +418,7 @@ async def test_timestamp_in_milliseconds_from_pika_is_handled(
     consumer = Consumer(connection, name, received.append)
     consumer.startService()
     try:
-        await consumer.wait_consuming()
+        await consumer.when_ready()
         millis = 1_700_000_000_000_000_000
         await pika_peer.publish("", name, b"x", pika.BasicProperties(timestamp=millis))
         await eventually(lambda: received, timeout=10)

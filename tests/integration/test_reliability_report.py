@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .. import broker
-from .conftest import BROKER_URL
+from .support import BROKER_URL
 
 pytestmark = pytest.mark.integration
 

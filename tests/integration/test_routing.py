@@ -31,7 +31,7 @@ from txmsg import (
     Unroutable,
 )
 
-from .conftest import PikaPeer, close_connection, eventually, unique
+from .support import PikaPeer, close_connection, eventually, unique
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ async def consume(connection: Connection, queue: Queue | str, n: int, timeout: f
     consumer = Consumer(connection, queue, handle)
     consumer.startService()
     try:
-        await consumer.wait_consuming()
+        await consumer.when_ready()
         if n:
             await enough.addTimeout(timeout, reactor)
     finally:
@@ -265,7 +265,7 @@ async def test_bindings_are_declared_again_after_the_broker_closes_the_connectio
     consumers = [Consumer(connection, q, collect(q)) for q in got]
     for c in consumers:
         c.startService()
-        await c.wait_consuming()
+        await c.when_ready()
     producer = Producer(connection)
 
     async def publish_all(tag: str) -> None:

@@ -18,7 +18,7 @@ from twisted.internet.threads import deferToThread
 from txmsg import Connection, Message, Queue, Requeue
 from txmsg.rpc import NoServer, RemoteError, RpcClient, RpcServer, RpcTimeout
 
-from .conftest import BROKER_URL, PikaPeer, eventually, sleep, unique
+from .support import BROKER_URL, PikaPeer, eventually, proxied, sleep, unique
 
 pytestmark = pytest.mark.integration
 
@@ -32,27 +32,52 @@ def fib(n: int) -> int:
 
 async def started(server: RpcServer) -> RpcServer:
     server.startService()
-    await server.wait_ready()
+    await server.when_ready()
     return server
+
+
+async def request_queue_with_dlq(connection: Connection, name: str) -> tuple[Queue, str]:
+    """
+    A request queue for C{name} whose rejected requests are dead-lettered to
+    a queue of their own (declared here, empty): a server that rejects a
+    request leaves it there, one that acks it leaves nothing anywhere.
+    Returns the request queue and the dead-letter queue's name.
+    """
+    dlq = name + ".dlq"
+    await connection.declare(Queue(dlq))
+    return Queue(name, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}), dlq
+
+
+async def assert_acked_not_rejected(server: RpcServer, pika_peer: PikaPeer, name: str, dlq: str) -> None:
+    """
+    Stop C{server} (closing its channel returns any unacked request to its
+    queue), then check that the request queue is empty and nothing was
+    dead-lettered: every request was acked, none rejected or left unacked.
+    """
+    await server.stopService()
+    assert await pika_peer.depth(name) == 0, "a request was left unacked or requeued"
+    assert await pika_peer.depth(dlq) == 0, "a request was dead-lettered (rejected, or expired unacked)"
 
 
 @pytest_twisted.ensureDeferred
 async def test_call_returns_the_handlers_value_as_json(connection: Connection, pika_peer: PikaPeer) -> None:
     """
     A JSON request gets a JSON reply with the handler's return value; the
-    request is acked (the queue is empty afterwards).
+    request is acked: once the server stopped, neither the request queue nor
+    its dead-letter queue holds it.
     """
     name = unique("rpc")
-    server = await started(RpcServer(connection, name, lambda m: {"sum": sum(m.payload)}))
+    queue, dlq = await request_queue_with_dlq(connection, name)
+    server = await started(RpcServer(connection, queue, lambda m: {"sum": sum(m.payload)}))
     try:
         client = RpcClient(connection)
         assert await client.call(name, [1, 2, 3], timeout=10) == {"sum": 6}
         await eventually(lambda: server.consumers[0].consumed == 1)
-        await sleep(0.2)
-        assert await pika_peer.depth(name) == 0
+        await assert_acked_not_rejected(server, pika_peer, name, dlq)
     finally:
         await server.stopService()
         await pika_peer.delete_queue(name)
+        await pika_peer.delete_queue(dlq)
 
 
 @pytest_twisted.ensureDeferred
@@ -121,14 +146,17 @@ async def test_unanswered_call_times_out_and_its_request_expires(
 async def test_remote_exception_arrives_as_remote_error(connection: Connection, pika_peer: PikaPeer) -> None:
     """
     A handler that raises makes an error reply: the caller gets RemoteError
-    with the remote type and message, and the request is acked, not dead-lettered.
+    with the remote type and message, and the request is acked, not
+    dead-lettered: once the server stopped, neither the request queue nor its
+    dead-letter queue holds it.
     """
     name = unique("rpc-err")
 
     def handler(m: Message) -> Any:
         raise ValueError(f"no VM called {m.payload}")
 
-    server = await started(RpcServer(connection, name, handler))
+    queue, dlq = await request_queue_with_dlq(connection, name)
+    server = await started(RpcServer(connection, queue, handler))
     try:
         client = RpcClient(connection)
         with pytest.raises(RemoteError) as e:
@@ -136,11 +164,12 @@ async def test_remote_exception_arrives_as_remote_error(connection: Connection, 
         assert e.value.remote_type == "ValueError"
         assert e.value.remote_message == "no VM called vm-7"
         assert e.value.server == server.server_id
-        await sleep(0.3)
-        assert await pika_peer.depth(name) == 0
+        await eventually(lambda: server.consumers[0].consumed == 1)
+        await assert_acked_not_rejected(server, pika_peer, name, dlq)
     finally:
         await server.stopService()
         await pika_peer.delete_queue(name)
+        await pika_peer.delete_queue(dlq)
 
 
 @pytest_twisted.ensureDeferred
@@ -397,7 +426,7 @@ async def test_wait_ready_means_bound_even_before_the_connection_ran(pika_peer: 
     server = RpcServer(conn, None, lambda m: "here", exchange=exchange, broadcast=["ping"], server_id="s1")
     server.startService()
     try:
-        await server.wait_ready()
+        await server.when_ready()
         replies = await RpcClient(conn).gather("ping", "?", exchange=exchange, timeout=5, expect=1)
         assert [(r.server, r.payload) for r in replies] == [("s1", "here")]
     finally:
@@ -417,8 +446,6 @@ async def test_call_cut_off_from_its_reply_is_sent_again_and_answered(
     again (same correlation id, the time left as its expiration) and the call
     is answered within its timeout.  The handler saw the request twice.
     """
-    from .test_faults import proxied
-
     proxy, url = await proxied()
     name = unique("rpc-again")
     seen: list[Message] = []

@@ -22,7 +22,7 @@ from twisted.internet.threads import deferToThread
 from examples.philosophers.philosopher import Philosopher, draws
 from txmsg import Connection
 
-from .conftest import BROKER_URL, PikaPeer, eventually, unique
+from .support import BROKER_URL, PikaPeer, eventually, unique
 
 pytestmark = pytest.mark.integration
 

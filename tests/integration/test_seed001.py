@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BROKER_URL, rabbitmqctl, unique
-from .test_twistd import TWISTD
+from .support import BROKER_URL, TWISTD, rabbitmqctl, unique
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from .conftest import BROKER_URL, rabbitmqctl, unique
-from .test_twistd import Twistd
+from .support import BROKER_URL, Twistd, rabbitmqctl, unique
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from .conftest import BROKER_URL, unique
+from .support import BROKER_URL, unique
 
 pytestmark = pytest.mark.integration
 

@@ -19,11 +19,10 @@ from twisted.internet import reactor
 
 from txmsg import Connection, Consumer, Message, Producer, ProtocolError, Queue, TLSError
 
-from ..unit.test_url import HAVE_TLS, _cert_pem, _key_pem, _make_cert
-from .conftest import eventually, unique
+from ..tls import HAVE_TLS, cert_pem, key_pem, make_cert
 from .nodes import RabbitNode, available, free_port, scratch
-from .test_bad_config import CLI, run
-from .test_twistd import TWISTD
+from .support import COMMAND as CLI
+from .support import TWISTD, eventually, run, unique
 
 pytestmark = [
     pytest.mark.integration,
@@ -51,14 +50,14 @@ def tls_node() -> Iterator[TLSNode]:
     from cryptography import x509
 
     base = scratch("tls-node")
-    ca = _make_cert("txmsg test CA", ca=True)
-    other_ca = _make_cert("some other CA", ca=True)
-    server = _make_cert("localhost", ca, san=[x509.DNSName("localhost")])
+    ca = make_cert("txmsg test CA", ca=True)
+    other_ca = make_cert("some other CA", ca=True)
+    server = make_cert("localhost", ca, san=[x509.DNSName("localhost")])
     contents = {
-        "ca": _cert_pem(ca[0]),
-        "other_ca": _cert_pem(other_ca[0]),
-        "cert": _cert_pem(server[0]),
-        "key": _key_pem(server[1]),
+        "ca": cert_pem(ca[0]),
+        "other_ca": cert_pem(other_ca[0]),
+        "cert": cert_pem(server[0]),
+        "key": key_pem(server[1]),
     }
     files = {}
     for name, data in contents.items():

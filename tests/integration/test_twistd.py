@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,64 +21,10 @@ import pika
 import pytest
 
 from .. import broker
-from .conftest import BROKER_URL, rabbitmqctl, unique
 from .nodes import free_port
+from .support import BROKER_URL, ROOT, TWISTD, Twistd, rabbitmqctl, unique
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-#: twistd from this interpreter (the working tree's txmsg on PYTHONPATH), in the foreground, no pidfile
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "txmsg"]
-
-
-class Twistd:
-    """
-    A C{twistd -n txmsg ...} process; its log goes to a file we can read.
-    """
-
-    def __init__(self, tmp: Path, *args: str) -> None:
-        self.log = tmp / f"twistd-{uuid.uuid4().hex[:6]}.log"
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.out = self.log.open("w")
-        self.proc = subprocess.Popen(
-            [
-                *TWISTD,
-                "--url",
-                BROKER_URL,
-                *args,
-            ],
-            stdout=self.out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp,
-            env=env,
-        )
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def wait_for(self, needle: str, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.text()
-            if needle in text:
-                return text
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"{needle!r} not in the log:\n{self.text()}")
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """
-        SIGTERM; 0 when the process shut down cleanly.  (twistd ends by
-        re-raising the signal it was stopped by, as Unix tools should.)
-        """
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        self.out.close()
-        if code == -signal.SIGTERM and "Server Shut Down." in self.text():
-            return 0
-        return code
 
 
 @pytest.fixture
@@ -158,7 +103,8 @@ def test_consumer_role_fed_by_a_pika_publisher(twistd: Callable[..., Twistd]) ->
                 "", q, json.dumps({"n": i}).encode(), pika.BasicProperties(content_type="application/json")
             )
         conn.close()
-        assert eventually(lambda: t.text().count("{'n': ") == 5), t.text()
+        # one readable line per message, as txmsg listen prints it
+        assert eventually(lambda: t.text().count(f'(default)/{q}: {{"n": ') == 5), t.text()
         assert depth(q) == 0
         assert t.stop() == 0
         assert "Traceback" not in t.text()

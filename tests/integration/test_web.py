@@ -30,7 +30,7 @@ from txmsg.metrics import Metrics, watch_connection, watch_producer
 from txmsg.url import parse_url
 from txmsg.web import MonitorResource, PublishResource
 
-from .conftest import BROKER_URL, PikaPeer, unique
+from .support import BROKER_URL, PikaPeer, unique
 
 pytestmark = pytest.mark.integration
 
