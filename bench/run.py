@@ -388,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"not installed, skipped: {', '.join(missing)} (pip install '.[bench]')", file=sys.stderr)
         clients = [c for c in clients if c not in missing]
+    if not clients:
+        print("bench: no client to run (pip install '.[bench]')", file=sys.stderr)
+        return 2
     results: dict[tuple[str, str], list[Run]] = {}
     failures = 0
     for rnd in range(rounds):
