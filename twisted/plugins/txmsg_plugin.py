@@ -9,7 +9,7 @@ from twisted.application.service import ServiceMaker
 
 txmsg = ServiceMaker(
     "txmsg",
-    "txmsg.tap",
+    "txmsg._twistd",
     "Host txmsg messaging services (consumer, producer, fanout, worker, rpc-server) for RabbitMQ.",
     "txmsg",
 )
