@@ -29,6 +29,7 @@ from txmsg.jobs import JobClient, JobProgress, JobResult, JobTimeout, TaskFailur
 from txmsg.message import Message
 from txmsg.peers import PeerGroup
 from txmsg.producer import Nacked, Producer, PublishTimeout, Unroutable
+from txmsg.retry import Retry, RetryPolicy
 from txmsg.rpc import NoServer, RemoteError, Reply, RpcClient, RpcError, RpcServer, RpcTimeout
 from txmsg.topology import Binding, Exchange, ExchangeBinding, Queue, QueueInfo
 from txmsg.url import ConnectionParameters, InvalidURL, parse_url, parse_urls
@@ -73,6 +74,8 @@ __all__ = [
     "Reply",
     "Requeue",
     "ResourceLocked",
+    "Retry",
+    "RetryPolicy",
     "RpcClient",
     "RpcError",
     "RpcServer",

@@ -25,16 +25,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txmsg._acks import Acks
-from txmsg._outcome import run_handler
+from txmsg._outcome import Reject, Requeue, delivery_count, run_handler
 from txmsg.connection import Channel, ChannelOpener, Connection
 from txmsg.errors import (
     ChannelError,
     DeprecatedFeature,
     PreconditionFailed,
-    TxmsgError,
     UndecodableMessage,
 )
 from txmsg.message import Message
+from txmsg.retry import Retrier, RetryPolicy, attempts
 from txmsg.topology import Queue
 
 Handler = Callable[[Message], Any | Deferred[Any] | Awaitable[Any]]
@@ -50,47 +50,6 @@ DEFAULT_STOP_TIMEOUT = 30.0
 #: cancelled this consumer, or refused to start it
 RESUME_DELAY = 0.5
 MAX_RESUME_DELAY = 30.0
-
-
-class Requeue(TxmsgError):
-    """
-    Raise from a handler to put the message back on its queue for another
-    consumer ("not now").  It goes back with C{basic.nack}, which RabbitMQ 4
-    does not count as a failed delivery: on a quorum queue it uses up neither
-    the broker's delivery limit nor the consumer's C{max_redeliveries}.
-    Elsewhere the cap still applies: RabbitMQ 3's quorum queues count every
-    return, and on other queues a L{Requeue} of a message the broker flags as
-    redelivered dead-letters it.
-    """
-
-
-class Reject(TxmsgError):
-    """
-    Raise from a handler to reject the message without requeue (dead-letter it).
-    """
-
-
-def delivery_count(message: Message) -> int | None:
-    """
-    How many times the broker delivered this message before and it failed,
-    where the queue counts it (RabbitMQ quorum queues' C{x-delivery-count});
-    else C{None}.
-
-    RabbitMQ 4 counts in C{x-delivery-count} the deliveries that failed (a
-    reject, or a consumer lost with the message unacked) and in
-    C{x-acquired-count} every delivery, a C{nack} with requeue included; a
-    message that was only ever given back with a nack carries only the
-    latter, so its failed deliveries are 0.  RabbitMQ 3 counts every return
-    in C{x-delivery-count}.
-    """
-    headers = message.headers
-    if headers:
-        count = headers.get("x-delivery-count")
-        if isinstance(count, int) and not isinstance(count, bool):
-            return count
-        if "x-acquired-count" in headers:
-            return 0
-    return None
 
 
 class Consumer(Service):
@@ -119,6 +78,10 @@ class Consumer(Service):
     @param dedupe_window: skip (ack without handling) a message whose
         C{message_id} was among the last this many handled successfully: an
         opt-in guard against the duplicates at-least-once delivery allows.
+    @param retry: a L{RetryPolicy}: a handler's failure (or L{Retry}) sends
+        the message back later, held by the broker in a delay queue, and
+        after the last attempt (or at once for L{Reject}) to its dead
+        letters with the reason (see L{txmsg.retry}).  Needs a named queue.
     """
 
     _log = Logger()
@@ -137,7 +100,10 @@ class Consumer(Service):
         allow_pickle: bool = False,
         dedupe_window: int = 0,
         max_body: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
+        if retry is not None and isinstance(queue, Queue) and not queue.name:
+            raise ValueError("a retry policy needs a named queue (retries come back to it by name)")
         if prefetch < 0 or prefetch > 65535:
             raise ValueError("prefetch must be between 0 and 65535")
         if concurrency is not None and concurrency < 1:
@@ -170,6 +136,13 @@ class Consumer(Service):
         #: of those, rejected without requeue (dead-lettered) and given back
         self.rejected = 0
         self.requeued = 0
+        #: with a retry policy: retries sent to a delay queue, deliveries that
+        #: were such a retry, and messages sent to the dead letters with a reason
+        self.retries_scheduled = 0
+        self.retried = 0
+        self.dead_lettered = 0
+        self.retry = retry
+        self._retrier = None if retry is None else Retrier(connection, retry, self._queue_name)
         self._acks: Acks | None = None
         #: running asynchronous handlers -> the channel their message came on
         self._in_flight: dict[Deferred[Any], Channel] = {}
@@ -304,6 +277,9 @@ class Consumer(Service):
             if owns:
                 assert self._declare_as is not None
                 d = self._declare_as.declare(channel, self.connection.names)
+            retrier = self._retrier
+            if retrier is not None:
+                d.addCallback(lambda _: retrier.declare(channel, self.connection.names))
             d.addCallback(lambda _: channel.basic_qos(self.prefetch))
             d.addCallback(lambda _: self._queue_name())
             d.addCallback(lambda name: channel.basic_consume(name))
@@ -486,6 +462,8 @@ class Consumer(Service):
             )
             self._reject(acks, tag, False)
             return
+        if self._retrier is not None and attempts(message):
+            self.retried += 1
         # A synchronous handler is settled at once; only an asynchronous result
         # (a Deferred or an awaitable) pays for Deferred machinery.
         result = run_handler(self.handler, message)
@@ -541,6 +519,8 @@ class Consumer(Service):
                 self._remember(message)
             self.consumed += 1
             acks.ack(tag)
+        elif self._retrier is not None and not outcome.check(Requeue):  # Retry, Reject, any error
+            self._retry_later(acks, message, outcome)
         elif outcome.check(Requeue):
             count = delivery_count(message)
             spent = message.redelivered if count is None else count >= self.max_redeliveries
@@ -560,3 +540,58 @@ class Consumer(Service):
                 "handler failed on message {tag} from {queue}; rejected", outcome, tag=tag, queue=self.queue
             )
             self._reject(acks, tag, False)
+
+    def _retry_later(self, acks: Acks, message: Message, failure: Failure) -> None:
+        """
+        Publish the failed message to its delay queue (or its dead letters)
+        and ack it once the broker confirmed that; if the publish fails, give
+        it back to the queue (a little later, so that it does not spin).
+        """
+        assert self._retrier is not None
+        tag = cast(int, message.delivery_tag)
+        acks.begin(tag)
+        delay, d = self._retrier.fail(message, failure, rejected=bool(failure.check(Reject)))
+        self._in_flight[d] = acks.channel
+        if delay is not None:
+            self._log.warn(
+                "message {tag} from {queue} failed ({error}); "
+                "retrying in {delay:g} s (attempt {n} of {total})",
+                tag=tag,
+                queue=self.queue,
+                error=failure.getErrorMessage(),
+                delay=delay,
+                n=attempts(message) + 2,
+                total=self._retrier.policy.retries + 1,
+            )
+
+        def published(result: Any) -> None:
+            self._in_flight.pop(d, None)
+            if self._acks is not acks:
+                return  # its channel closed: the broker put it back (a duplicate at worst)
+            if isinstance(result, Failure):
+                self._log.error(
+                    "cannot send message {tag} from {queue} to be retried or dead-lettered: {error}; "
+                    "it goes back to the queue",
+                    tag=tag,
+                    queue=self.queue,
+                    error=result.getErrorMessage(),
+                )
+                self.requeued += 1
+                self.connection.reactor.callLater(RESUME_DELAY, acks.reject, tag, True)
+            else:
+                if delay is None:
+                    self.dead_lettered += 1
+                    self._log.error(
+                        "dead-lettered message {tag} from {queue} after {n} attempts: {error}",
+                        tag=tag,
+                        queue=self.queue,
+                        n=attempts(message) + 1,
+                        error=failure.getErrorMessage(),
+                    )
+                else:
+                    self.retries_scheduled += 1
+                self.consumed += 1
+                acks.ack(tag)
+            self._next()
+
+        d.addBoth(published)

@@ -239,7 +239,9 @@ def watch_consumer(metrics: Metrics, consumer: Any, labels: Mapping[str, object]
     queue (see L{queue_label}) and C{labels}:
     C{txmsg_consumer_consumed_total} (messages settled: acked, rejected or
     requeued), C{txmsg_consumer_rejected_total} and
-    C{txmsg_consumer_requeued_total}.
+    C{txmsg_consumer_requeued_total}; with a retry policy also
+    C{txmsg_consumer_retries_scheduled_total}, C{txmsg_consumer_retried_total}
+    and C{txmsg_consumer_dead_lettered_total}.
     """
     series = {"queue": queue_label(consumer.queue), **(labels or {})}
     metrics.counter(
@@ -260,3 +262,22 @@ def watch_consumer(metrics: Metrics, consumer: Any, labels: Mapping[str, object]
         lambda: consumer.requeued,
         series,
     )
+    if getattr(consumer, "retry", None) is not None:
+        metrics.counter(
+            "txmsg_consumer_retries_scheduled_total",
+            "Failed messages sent to a delay queue to be tried again later.",
+            lambda: consumer.retries_scheduled,
+            series,
+        )
+        metrics.counter(
+            "txmsg_consumer_retried_total",
+            "Deliveries that were a retry of a message that failed before.",
+            lambda: consumer.retried,
+            series,
+        )
+        metrics.counter(
+            "txmsg_consumer_dead_lettered_total",
+            "Messages sent to the dead letters with the reason (attempts spent, or rejected).",
+            lambda: consumer.dead_lettered,
+            series,
+        )

@@ -14,31 +14,23 @@ text at C{/metrics} and a JSON C{/health}.
 
 from __future__ import annotations
 
-import atexit
-import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 from twisted.python import reflect, usage
-from twisted.python.failure import Failure
 
 from txmsg._declaring_service import DeclaringService
 from txmsg._render import readable_line
+from txmsg._startup import StartupWatch
 from txmsg.connection import Connection
 from txmsg.consumer import DEFAULT_PREFETCH, Consumer, Handler
-from txmsg.errors import (
-    ConnectionLost,
-    DeprecatedFeature,
-    FatalConnectionError,
-    PreconditionFailed,
-)
-from txmsg.exits import EXIT_FAILED, EXIT_UNAVAILABLE, TWISTD, exit_code_for, help_text
+from txmsg.exits import TWISTD, help_text
 from txmsg.message import Message
 from txmsg.peers import PeerGroup
+from txmsg.retry import RetryPolicy
 from txmsg.rpc import RpcServer
 from txmsg.topology import Binding, Exchange, Queue
 from txmsg.url import InvalidURL, parse_urls
@@ -49,15 +41,6 @@ if TYPE_CHECKING:
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 
 _log = Logger(namespace="txmsg")
-
-#: which of our flags sets a queue property the broker may call inequivalent
-_FLAG_OF_ARG = {
-    "durable": "--durable/--transient",
-    "x-queue-type": "--quorum",
-    "x-dead-letter-exchange": "--dead-letter",
-    "exclusive": "(exclusive)",
-    "auto_delete": "(auto-delete)",
-}
 
 
 def log_message(message: Message) -> None:
@@ -139,12 +122,28 @@ def _check_consumer(options: Options) -> None:
         raise usage.UsageError("--bind and --bind-header need --exchange")
     if options["bind_headers"] and options["exchange-type"] != "headers":
         raise usage.UsageError("--bind-header needs --exchange-type headers")
+    if options["retry"] is not None:
+        if not options["queue"]:
+            raise usage.UsageError("--retry needs --queue (retries come back to a queue by its name)")
+        if options["retry"] < 0:
+            raise usage.UsageError("--retry must not be negative")
+        try:
+            options["retry_policy"] = RetryPolicy.from_text(
+                options["retry"], options["retry-delay"], dead_letter=options["dead-letter"]
+            )
+        except ValueError as e:
+            raise usage.UsageError(f"--retry-delay: {e}") from None
 
 
 def _build_consumer(options: Options, connection: Connection, reactor: Any) -> Built:
     queue, handler = queue_from(options), options["handler_callable"]
     consumer = Consumer(
-        connection, queue, handler, prefetch=options["prefetch"], concurrency=options["concurrency"]
+        connection,
+        queue,
+        handler,
+        prefetch=options["prefetch"],
+        concurrency=options["concurrency"],
+        retry=options.get("retry_policy"),
     )
     service = DeclaringService(connection, [queue, *bindings_from(options, queue)], [consumer])
     return Built(service, [consumer])
@@ -283,6 +282,15 @@ class Options(usage.Options):
         ["exchange-type", None, "direct", "Type of --exchange: " + "|".join(EXCHANGE_TYPES) + "."],
         ["match", None, "all", "For headers exchanges: all|any of the --bind-header pairs."],
         ["dead-letter", None, None, "Dead-letter exchange of the queue (x-dead-letter-exchange)."],
+        [
+            "retry",
+            None,
+            None,
+            "consumer: retry a failed message N times, later, held by the broker; then dead-letter it "
+            "(to --dead-letter, else the queue QUEUE.dlq).",
+            int,
+        ],
+        ["retry-delay", None, "1s", "consumer, with --retry: the wait, e.g. 5s, or a backoff 1s..5m."],
         ["prefetch", None, DEFAULT_PREFETCH, "Unacked messages the broker may send at once.", int],
         ["concurrency", None, None, "Handlers running at once (default: as prefetch lets in).", int],
         ["server-id", None, None, "rpc-server, worker: this server's id in replies (default: generated)."],
@@ -438,129 +446,6 @@ def bindings_from(options: Options, queue: Queue) -> list[Any]:
     return items
 
 
-def explain(reason: Failure) -> str:
-    """
-    One line for why a role could not start, naming our flag where the broker
-    names the queue property that differs.
-    """
-    error = reason.value
-    if isinstance(error, DeprecatedFeature):
-        if error.feature == "transient_nonexcl_queues":
-            # the flag that asked for it, instead of the library's advice
-            return (
-                f"the broker refuses transient non-exclusive queues ({error.subject}): drop --transient "
-                "(queues are durable by default), or permit them on the broker "
-                "(deprecated_features.permit.transient_nonexcl_queues = true)"
-            )
-        return str(error)
-    if isinstance(error, PreconditionFailed):
-        text = error.reply_text
-        for arg, flag in _FLAG_OF_ARG.items():
-            if f"'{arg}'" in text:
-                return (
-                    f"{text} (the queue exists with another {flag}: declare it the same way, or another name)"
-                )
-        if "inequivalent arg 'x-" in text:
-            return f"{text} (the queue exists with another --arg)"
-        return text
-    return reason.getErrorMessage()
-
-
-class _ExitStatus:
-    """
-    twistd exits 0 whatever happened; a role that cannot start stops the
-    reactor and sets the process's exit status with this.
-    """
-
-    def __init__(self, at_exit: Callable[[Callable[[], None]], object] = atexit.register) -> None:
-        self.code: int | None = None
-        self._at_exit = at_exit
-
-    def fail(self, reactor: Any, code: int, line: str) -> None:
-        if self.code is not None:
-            return  # one line for one failure seen from two sides
-        _log.critical("{line}", line=line)
-        self.code = code
-        self._at_exit(self._exit)
-        if reactor.running:
-            reactor.stop()
-        else:
-            reactor.callWhenRunning(reactor.stop)
-
-    def _exit(self) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(self.code or 0)
-
-
-exit_status = _ExitStatus()
-
-
-def watch_startup(
-    reactor: Any,
-    connection: Connection,
-    declared: Any,
-    connect_timeout: float | None = None,
-    status: _ExitStatus = exit_status,
-) -> None:
-    """
-    Stop the process with one line and a non-zero status (see L{txmsg.exits})
-    if the broker refuses us for good (credentials, vhost, TLS), refuses a
-    declaration, or, given C{connect_timeout}, does not answer in time.  A
-    process stopped (SIGTERM) before it was connected is not a failure.
-    """
-
-    def fatal(reason: Failure) -> None:
-        if reason.check(ConnectionLost) and not connection.running:
-            return  # stopped while waiting: twistd is shutting down, not failing
-        code = exit_code_for(reason.value) or EXIT_FAILED
-        status.fail(reactor, code, f"txmsg: cannot start: {explain(reason)}")
-
-    def connection_failed(reason: Failure) -> None:
-        if reason.check(FatalConnectionError, DeprecatedFeature):
-            fatal(reason)
-
-    ready = connection.when_ready()
-    ready.addErrback(connection_failed)
-    if declared is not None:
-        declared.addErrback(fatal)
-    if connect_timeout is not None:
-
-        def too_late() -> None:
-            if connection.running and connection.protocol is None:
-                status.fail(
-                    reactor,
-                    EXIT_UNAVAILABLE,
-                    f"txmsg: cannot start: no broker reachable within {connect_timeout:g} s at "
-                    f"{connection.safe_urls}",
-                )
-
-        timer = reactor.callLater(connect_timeout, too_late)
-
-        def disarm(result: object) -> object:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        ready.addBoth(disarm)
-
-
-class _StartupWatch(Service):
-    def __init__(
-        self, reactor: Any, connection: Connection, role: Any, connect_timeout: float | None
-    ) -> None:
-        self.reactor = reactor
-        self.connection = connection
-        self.role = role
-        self.connect_timeout = connect_timeout
-
-    def startService(self) -> None:
-        super().startService()
-        watch_startup(
-            self.reactor, self.connection, getattr(self.role, "declared", None), self.connect_timeout
-        )
-
-
 def make_services(options: Options, reactor: Any) -> MultiService:
     """
     The role's services, with the reactor given (the testable core of L{makeService}).
@@ -571,7 +456,7 @@ def make_services(options: Options, reactor: Any) -> MultiService:
     built = ROLES[options["role"]].build(options, connection, reactor)
     built.service.setServiceParent(top)
     # after the role's service, so that its declarations have begun
-    _StartupWatch(reactor, connection, built.service, options["connect-timeout"]).setServiceParent(top)
+    StartupWatch(reactor, connection, built.service, options["connect-timeout"]).setServiceParent(top)
     if options["metrics"]:
         from txmsg.metrics import Metrics, watch_connection, watch_consumer, watch_producer
         from txmsg.web import MonitorResource, web_service

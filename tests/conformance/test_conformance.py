@@ -446,3 +446,38 @@ async def test_channel_closed_with_unacked_messages_requeues_them_flagged(broker
     consumer.startService()
     await broker.until(lambda: redelivered == [True])
     await broker.wait(consumer.stopService())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retry_waits_in_its_delay_queue_and_the_last_attempt_rests_in_the_dlq(broker: Env) -> None:
+    """
+    A consumer's retry policy on the broker's own TTL and dead-lettering: a
+    failed message waits in QUEUE.retry.200ms (nobody sees it there), comes
+    back to the queue after the delay, and after its last attempt is in
+    QUEUE.dlq with txmsg's attempt count: the same on both brokers.
+    """
+    from txmsg import RetryPolicy
+
+    conn = await broker.connect()
+    name = broker.name("retry")
+    for extra in (f"{name}.retry.200ms", f"{name}.dlq"):
+        broker.names.append(extra)
+    seen: list[int] = []
+
+    def failing(m: Message) -> None:
+        seen.append((m.headers or {}).get("x-txmsg-attempts", 0))
+        raise RuntimeError("not today")
+
+    consumer = Consumer(conn, Queue(name), failing, retry=RetryPolicy(retries=1, delay=0.2))
+    consumer.startService()
+    await broker.until(lambda: consumer.channel is not None and consumer.consumer_tag is not None)
+    await broker.wait(Producer(conn).publish("", name, "retry me"))
+    await broker.until(lambda: consumer.retries_scheduled == 1)
+    assert seen == [0]
+    await broker.sleep(0.6)
+    await broker.until(lambda: consumer.dead_lettered == 1)
+    assert seen == [0, 1]
+    await broker.wait(consumer.stopService())
+    assert await broker.depth(conn, name) == 0
+    dead = await _take_one(broker, conn, f"{name}.dlq")
+    assert dead.body == b"retry me" and (dead.headers or {})["x-txmsg-attempts"] == 2

@@ -61,6 +61,12 @@ def stderr_lines(text: str) -> list[str]:
         (["call", "-k", "rpc", "--json", "{bad"], "PAYLOAD is not valid JSON"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         ([], "required: COMMAND"),
+        (["dlq"], "required: ACTION"),
+        (["dlq", "list"], "required: QUEUE"),
+        (["dlq", "purge", "jobs.dlq"], "needs --yes"),
+        (["dlq", "replay", "jobs.dlq", "--to", "nowhere"], "--to takes EXCHANGE/KEY"),
+        (["dlq", "replay", "jobs.dlq", "--where", "colour=red"], "--where takes FIELD=VALUE"),
+        (["dlq", "show", "jobs.dlq", "-n", "0"], "must be at least 1"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(
@@ -464,3 +470,57 @@ def test_every_help_text_lists_every_exit_status_of_the_one_table() -> None:
     for text in helps:
         listed = [line.split()[0] for line in text.split("exit codes:\n", 1)[1].splitlines() if line.strip()]
         assert listed == [str(code) for code, _ in exits.TABLE]
+
+
+def test_dlq_arguments_are_parsed_for_the_commands() -> None:
+    """
+    --to splits into exchange and key (/KEY: the default exchange); --where into (field, value).
+    """
+    args = cli.parse_args(["dlq", "replay", "jobs.dlq", "--to", "/jobs", "--where", "reason=ValueError"])
+    assert (args.command, args.action, args.queue) == ("dlq", "replay", "jobs.dlq")
+    assert args.to == ("", "jobs") and args.where == [("reason", "ValueError")]
+    assert cli.parse_args(["dlq", "show", "q", "--json"]).count == 10
+
+
+def test_a_dead_letter_says_why_it_died_from_txmsgs_headers_or_the_brokers() -> None:
+    """
+    txmsg's failure headers win; without them RabbitMQ's x-first-death-* and
+    oldest x-death record give the reason, the queue and where it was published.
+    """
+    from txmsg.cli._deadletters import death_of
+
+    broker_dead = Message(
+        b"x",
+        headers={
+            "x-first-death-reason": "rejected",
+            "x-first-death-queue": "orders",
+            "x-first-death-exchange": "shop",
+            "x-death": [
+                {"reason": "expired", "queue": "orders.later", "exchange": "", "routing-keys": ["later"]},
+                {"reason": "rejected", "queue": "orders", "exchange": "shop", "routing-keys": ["new"]},
+            ],
+        },
+    )
+    death = death_of(broker_dead)
+    assert (death.reason, death.queue, death.exchange, death.routing_key) == (
+        "rejected",
+        "orders",
+        "shop",
+        "new",
+    )
+    assert death.attempts is None
+    ours = Message(
+        b"x",
+        headers={
+            "x-txmsg-failure-type": "ValueError",
+            "x-txmsg-failure": "boom",
+            "x-txmsg-dead-lettered": "retries exhausted",
+            "x-txmsg-attempts": 3,
+            "x-txmsg-queue": "jobs",
+            "x-txmsg-exchange": "",
+            "x-txmsg-routing-key": "jobs",
+        },
+    )
+    death = death_of(ours)
+    assert (death.reason, death.detail, death.attempts) == ("ValueError", "boom (retries exhausted)", 3)
+    assert (death.exchange, death.routing_key) == ("", "jobs")

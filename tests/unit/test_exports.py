@@ -17,7 +17,7 @@ PUBLIC = {
     # topology
     "Exchange", "Queue", "Binding", "ExchangeBinding", "QueueInfo",
     # messages, publishing, consuming
-    "Message", "Producer", "Consumer", "Requeue", "Reject",
+    "Message", "Producer", "Consumer", "Requeue", "Reject", "Retry", "RetryPolicy",
     # patterns
     "RpcClient", "RpcServer", "Reply", "PeerGroup", "JobClient", "Worker",
     "JobProgress", "JobResult", "TaskFailure",

@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 
 from txmsg import Binding, Exchange, Queue
 from txmsg._declaring_service import DeclaringService
+from txmsg._startup import explain
 from txmsg.errors import DeprecatedFeature, PreconditionFailed
 from txmsg.tap import (
     ROLES,
@@ -19,7 +20,6 @@ from txmsg.tap import (
     Role,
     bindings_from,
     echo,
-    explain,
     log_message,
     make_services,
     parse_value,
@@ -242,7 +242,7 @@ class _Connection:
 
 
 def _watch(**kwargs: object) -> tuple[_Reactor, _Connection, object, list[object]]:
-    from txmsg.tap import _ExitStatus, watch_startup
+    from txmsg._startup import _ExitStatus, watch_startup
 
     at_exit: list[object] = []
     status = _ExitStatus(at_exit=at_exit.append)
@@ -279,7 +279,7 @@ def test_refused_declaration_exits_1() -> None:
     """
     from twisted.internet.defer import Deferred
 
-    from txmsg.tap import _ExitStatus, watch_startup
+    from txmsg._startup import _ExitStatus, watch_startup
 
     status = _ExitStatus(at_exit=lambda _: None)
     declared: Deferred[object] = Deferred()
@@ -329,8 +329,8 @@ def test_stopped_before_connecting_is_not_a_failure() -> None:
     """
     from twisted.internet.defer import Deferred
 
+    from txmsg._startup import _ExitStatus, watch_startup
     from txmsg.errors import ConnectionLost
-    from txmsg.tap import _ExitStatus, watch_startup
 
     status = _ExitStatus(at_exit=lambda _: None)
     connection = _Connection()
@@ -457,3 +457,64 @@ def test_each_role_builds_its_service_consumers_and_producer(
     assert (result.producer is not None) == producer
     services = list(make_services(options, Clock()))
     assert type(services[1]) is type(result.service)
+
+
+def test_retry_flags_make_the_consumers_retry_policy() -> None:
+    """
+    C{--retry 3 --retry-delay 1s..5m} gives the consumer role's consumer a
+    backoff policy; the last attempt goes to --dead-letter when given.
+    """
+    options = parse("--role", "consumer", "--queue", "jobs", "--retry", "3", "--retry-delay", "1s..5m")
+    role = list(make_services(options, Clock()))[1]
+    consumer = role.consumers[0]
+    assert consumer.retry is not None and consumer.retry.delays() == (1.0, 2.0, 4.0)
+    assert consumer.retry.dead_letter is None
+    with_dlx = parse("--role", "consumer", "--queue", "jobs", "--retry", "1", "--dead-letter", "dlx")
+    assert with_dlx["retry_policy"].dead_letter == "dlx" and with_dlx["retry_policy"].delays() == (1.0,)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--retry", "2", "--retry-delay", "soon"], "--retry-delay"),
+        (["--retry", "-1"], "--retry must not be negative"),
+        (["--retry", "2", "--retry-delay", "5m..1s"], "--retry-delay"),
+    ],
+)
+def test_bad_retry_flags_are_one_usage_error(args: list[str], needle: str) -> None:
+    """
+    A wrong --retry or --retry-delay is a usage error naming the flag.
+    """
+    with pytest.raises(usage.UsageError, match=needle):
+        parse("--role", "consumer", "--queue", "jobs", *args)
+
+
+def test_retry_needs_a_named_queue() -> None:
+    """
+    Retries come back to a queue by its name: --retry with only --exchange is refused.
+    """
+    with pytest.raises(usage.UsageError, match="--retry needs --queue"):
+        parse("--role", "consumer", "--exchange", "logs", "--retry", "2")
+
+
+def test_twistds_options_exit_1_with_the_usage_and_one_line_on_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """
+    The options the plugin gives twistd exit 1 on a mistake on the command
+    line, on every Twisted (twistd itself exited 0 before 26.10), after the
+    usage text and one line naming the mistake.
+    """
+    from twisted.application.service import IServiceMaker
+    from twisted.plugin import getPlugins
+
+    from txmsg import _twistd
+
+    [maker] = [p for p in getPlugins(IServiceMaker) if p.tapname == "txmsg"]
+    assert maker.options is _twistd.Options
+    with pytest.raises(SystemExit) as exited:
+        _twistd.Options().parseOptions(["--role", "nope"])
+    assert exited.value.code == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "twistd txmsg: --role must be one of: consumer, worker, rpc-server, fanout, producer"
+    assert any("--role" in line for line in out[:-1])

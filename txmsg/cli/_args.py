@@ -229,7 +229,64 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument(
         "payload", nargs="?", metavar="PAYLOAD", help="the request ('-' reads standard input; default empty)"
     )
+    _add_dlq(sub, formatter, exit_codes)
     return parser
+
+
+def _add_dlq(sub: Any, formatter: Any, exit_codes: str) -> None:
+    dlq = sub.add_parser(
+        "dlq",
+        help="see why messages died in a dead-letter queue, replay or purge them",
+        description="Inspect a dead-letter queue (list, show: nothing is consumed for good), send its "
+        "messages back to where they first went (replay: each acked only once its republish is "
+        "confirmed), or delete them (purge).",
+        epilog=exit_codes,
+        formatter_class=formatter,
+    )
+    actions = dlq.add_subparsers(dest="action", metavar="ACTION", required=True)
+    helps = {
+        "list": "how many messages, grouped by reason and origin, oldest and newest",
+        "show": "the messages with their death records (x-death and txmsg's failure headers)",
+        "replay": "republish the messages (confirmed) to where they first went, then remove them",
+        "purge": "delete the messages (needs --yes)",
+    }
+    for name, text in helps.items():
+        action = actions.add_parser(
+            name,
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+            epilog=exit_codes,
+            formatter_class=formatter,
+        )
+        _add_url(action)
+        _add_timeout(action, "")
+        action.add_argument("queue", metavar="QUEUE", help="the dead-letter queue (e.g. jobs.dlq)")
+        if name == "show":
+            action.add_argument(
+                "-n",
+                "--count",
+                type=_count,
+                default=10,
+                metavar="N",
+                help="show the first N messages (default 10)",
+            )
+            action.add_argument("--json", action="store_true", help="one JSON object per message")
+        elif name == "replay":
+            action.add_argument("-n", "--count", type=_count, metavar="N", help="replay at most N messages")
+            action.add_argument(
+                "--to",
+                metavar="EXCHANGE/KEY",
+                help="publish there instead (/KEY: the default exchange, to queue KEY)",
+            )
+            action.add_argument(
+                "--where",
+                action="append",
+                default=[],
+                metavar="FIELD=VALUE",
+                help="replay only messages whose reason, queue or key is VALUE (repeatable)",
+            )
+        elif name == "purge":
+            action.add_argument("--yes", action="store_true", help="yes, delete them")
 
 
 def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Any:
@@ -268,7 +325,35 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         if args.expect is not None and not args.gather:
             raise UsageError("txmsg call: --expect goes with --gather")
         args.request = _call_payload(args.format, args.payload)
+    elif args.command == "dlq":
+        _check_dlq(args)
     return args
+
+
+#: what txmsg dlq replay --where can match
+WHERE_FIELDS = ("reason", "queue", "key")
+
+
+def _check_dlq(args: Any) -> None:
+    if args.action == "purge" and not args.yes:
+        raise UsageError(f"txmsg dlq purge: deleting the messages of {args.queue!r} needs --yes")
+    if args.action != "replay":
+        return
+    if args.to is not None:
+        exchange, slash, key = args.to.partition("/")
+        if not slash:
+            raise UsageError(f"txmsg dlq replay: --to takes EXCHANGE/KEY (or /KEY), not {args.to!r}")
+        args.to = (exchange, key)
+    where = []
+    for item in args.where:
+        field, equals, value = item.partition("=")
+        if not equals or field not in WHERE_FIELDS:
+            raise UsageError(
+                f"txmsg dlq replay: --where takes FIELD=VALUE with FIELD one of {', '.join(WHERE_FIELDS)}, "
+                f"not {item!r}"
+            )
+        where.append((field, value))
+    args.where = where
 
 
 def _parse_headers(items: Sequence[str]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from txmsg.cli._args import parse_args
 from txmsg.cli._errors import CommandFailed, Interrupted, UsageError, _exit_code
 from txmsg.cli._io import Io, _signals
 from txmsg.cli.call import call
+from txmsg.cli.dlq import dlq
 from txmsg.cli.listen import listen
 from txmsg.cli.publish import publish
 from txmsg.errors import TxmsgError
@@ -27,6 +28,7 @@ _COMMANDS: Mapping[str, Callable[[Any, Any, Io], Coroutine[Any, Any, int]]] = {
     "publish": publish,
     "listen": listen,
     "call": call,
+    "dlq": dlq,
 }
 
 
