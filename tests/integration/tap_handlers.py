@@ -36,3 +36,14 @@ def slow(message: Message) -> Any:
         print(f"handled {message.body.decode()}", flush=True)
 
     return deferLater(reactor, 1.0, done)
+
+
+def first_try_fails(message: Message) -> None:
+    """
+    Fails a message's first attempt (no retry header yet), then logs it handled.
+    """
+    from txmsg.retry import ATTEMPTS_HEADER
+
+    if ATTEMPTS_HEADER not in (message.headers or {}):
+        raise RuntimeError("first attempt fails")
+    print(f"handled {message.message_id}", flush=True)

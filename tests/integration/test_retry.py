@@ -9,16 +9,20 @@ again, and a quorum queue's delivery limit does not cut the attempts short.
 from __future__ import annotations
 
 import itertools
+import re
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
 import pytest_twisted
+from twisted.internet.threads import deferToThread
 
 from txmsg import Connection, Consumer, Message, Queue, RetryPolicy
 
-from .support import BROKER_URL, PikaPeer, eventually, sleep, unique
+from .support import BROKER_URL, PikaPeer, Twistd, eventually, sleep, unique
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +152,38 @@ async def test_a_quorum_queues_delivery_limit_does_not_cut_the_attempts_short(
     finally:
         await consumer.stopService()
         await _cleanup(pika_peer, name, policy)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_twistd_consumer_killed_while_retries_wait_gets_them_back_when_started_again(
+    pika_peer: PikaPeer, tmp_path: Path
+) -> None:
+    """
+    C{twistd txmsg --role consumer --retry 1 --retry-delay 3s}: ten messages
+    fail once and wait in the broker; the process is killed (SIGKILL, no
+    goodbye); a new process started after the delay handles each once.
+    """
+    name = unique("retry-kill")
+    args = ["--role", "consumer", "--queue", name, "--retry", "1", "--retry-delay", "3s"]
+    args += ["--handler", "tests.integration.tap_handlers:first_try_fails"]
+    first = Twistd(tmp_path, *args)
+    second: Twistd | None = None
+    try:
+        await deferToThread(first.wait_for, f"consuming {name}")
+        for i in range(10):
+            await pika_peer.publish("", name, b"job", pika.BasicProperties(message_id=f"k{i}"))
+        await eventually(lambda: pika_peer.depth(f"{name}.retry.3000ms").addCallback(lambda n: n == 10))
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+        await sleep(3.5)
+        assert await pika_peer.depth(name) == 10  # back on time, nobody consuming
+        second = Twistd(tmp_path, *args)
+        await eventually(lambda: second is not None and second.text().count("handled k") == 10, timeout=30)
+        handled = re.findall(r"handled (k\d+)", second.text())
+        assert sorted(handled) == sorted(f"k{i}" for i in range(10))
+        assert await pika_peer.depth(name) == 0 and await pika_peer.depth(f"{name}.dlq") == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.proc.poll() is None:
+                proc.stop()
+        await _cleanup(pika_peer, name, RetryPolicy(retries=1, delay=3.0))
