@@ -33,6 +33,7 @@ from txmsg.consumer import Consumer, Handler, delivery_count
 from txmsg.errors import TxmsgError
 from txmsg.message import Message
 from txmsg.producer import Producer
+from txmsg.retry import RetryPolicy
 from txmsg.rpc import ERROR_HEADER, RpcServer
 from txmsg.topology import Queue
 
@@ -63,6 +64,8 @@ class Worker(RpcServer):
 
     @param prefetch: tasks a worker takes at once (1: fair dispatch of long tasks).
     @param max_attempts: deliveries of one task before it is reported as failed.
+    @param retry: a L{RetryPolicy}: a task whose handler fails is tried again
+        later (held by the broker) before its failure is reported.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class Worker(RpcServer):
         concurrency: int | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         worker_id: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -90,7 +94,11 @@ class Worker(RpcServer):
             persistent_replies=True,
             # the worker reports a task it gives up on; the consumer's own cap must not come first
             max_redeliveries=max_attempts + 1,
+            retry=retry,
         )
+
+    def _final(self, reason: Failure) -> bool:
+        return bool(reason.check(GaveUp))  # already retried by its redeliveries
 
     def _work(self, message: Message) -> Any:
         count = delivery_count(message)

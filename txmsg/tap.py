@@ -122,17 +122,25 @@ def _check_consumer(options: Options) -> None:
         raise usage.UsageError("--bind and --bind-header need --exchange")
     if options["bind_headers"] and options["exchange-type"] != "headers":
         raise usage.UsageError("--bind-header needs --exchange-type headers")
-    if options["retry"] is not None:
-        if not options["queue"]:
-            raise usage.UsageError("--retry needs --queue (retries come back to a queue by its name)")
-        if options["retry"] < 0:
-            raise usage.UsageError("--retry must not be negative")
-        try:
-            options["retry_policy"] = RetryPolicy.from_text(
-                options["retry"], options["retry-delay"], dead_letter=options["dead-letter"]
-            )
-        except ValueError as e:
-            raise usage.UsageError(f"--retry-delay: {e}") from None
+    _check_retry(options)
+
+
+def _check_retry(options: Options) -> None:
+    """
+    C{--retry N --retry-delay D} as a L{RetryPolicy} in C{options["retry_policy"]}.
+    """
+    if options["retry"] is None:
+        return
+    if not options["queue"]:
+        raise usage.UsageError("--retry needs --queue (retries come back to a queue by its name)")
+    if options["retry"] < 0:
+        raise usage.UsageError("--retry must not be negative")
+    try:
+        options["retry_policy"] = RetryPolicy.from_text(
+            options["retry"], options["retry-delay"], dead_letter=options["dead-letter"]
+        )
+    except ValueError as e:
+        raise usage.UsageError(f"--retry-delay: {e}") from None
 
 
 def _build_consumer(options: Options, connection: Connection, reactor: Any) -> Built:
@@ -154,6 +162,7 @@ def _check_worker(options: Options) -> None:
         raise usage.UsageError("--role worker needs --queue (the jobs' work queue)")
     if not options["handler"]:
         raise usage.UsageError("--role worker needs --handler (what a task computes)")
+    _check_retry(options)
 
 
 def _build_worker(options: Options, connection: Connection, reactor: Any) -> Built:
@@ -166,6 +175,7 @@ def _build_worker(options: Options, connection: Connection, reactor: Any) -> Bui
         prefetch=options["worker-prefetch"],
         concurrency=options["concurrency"],
         worker_id=options["server-id"],
+        retry=options.get("retry_policy"),
     )
     return Built(worker, worker.consumers, worker.producer)
 
@@ -175,6 +185,7 @@ def _check_rpc_server(options: Options) -> None:
         raise usage.UsageError("--role rpc-server needs --queue or --broadcast")
     if (options["binds"] or options["broadcast"]) and not options["exchange"]:
         raise usage.UsageError("--bind and --broadcast need --exchange")
+    _check_retry(options)
 
 
 def _build_rpc_server(options: Options, connection: Connection, reactor: Any) -> Built:
@@ -189,6 +200,7 @@ def _build_rpc_server(options: Options, connection: Connection, reactor: Any) ->
         server_id=options["server-id"],
         prefetch=options["prefetch"],
         concurrency=options["concurrency"],
+        retry=options.get("retry_policy"),
     )
     return Built(server, server.consumers, server.producer)
 
@@ -286,11 +298,12 @@ class Options(usage.Options):
             "retry",
             None,
             None,
-            "consumer: retry a failed message N times, later, held by the broker; then dead-letter it "
-            "(to --dead-letter, else the queue QUEUE.dlq).",
+            "consumer, worker, rpc-server: retry a failed message N times, later, held by the broker; "
+            "then dead-letter it (to --dead-letter, else the queue QUEUE.dlq; worker and rpc-server: "
+            "answer the last attempt with its error).",
             int,
         ],
-        ["retry-delay", None, "1s", "consumer, with --retry: the wait, e.g. 5s, or a backoff 1s..5m."],
+        ["retry-delay", None, "1s", "With --retry: the wait, e.g. 5s, or a backoff 1s..5m."],
         ["prefetch", None, DEFAULT_PREFETCH, "Unacked messages the broker may send at once.", int],
         ["concurrency", None, None, "Handlers running at once (default: as prefetch lets in).", int],
         ["server-id", None, None, "rpc-server, worker: this server's id in replies (default: generated)."],

@@ -37,6 +37,8 @@ LAYERS: dict[str, int] = {
     "txmsg.retry": 4,
     "txmsg._declaring_service": 5,
     "txmsg.rpc": 5,
+    "txmsg._rpc_wire": 5,
+    "txmsg._rpc_client": 5,
     "txmsg.peers": 5,
     "txmsg.jobs": 5,
     "txmsg.metrics": 6,

@@ -172,3 +172,37 @@ def test_a_retry_policy_needs_a_named_queue() -> None:
     broker = MemoryBroker()
     with pytest.raises(ValueError, match="named queue"):
         Consumer(broker.connection(), Queue(), lambda m: None, retry=RetryPolicy())
+
+
+def test_an_rpc_server_with_a_retry_policy_answers_once_a_retry_works_or_with_the_last_error() -> None:
+    """
+    A request whose handler fails once is tried again a second later and
+    the caller gets the answer; one that always fails is answered with the
+    error of its last attempt (a RemoteError), after every retry.
+    """
+    from txmsg import RemoteError, RpcClient, RpcServer
+
+    broker = MemoryBroker()
+    conn = broker.connection()
+    tries: dict[str, int] = {}
+
+    def flaky(message: Message) -> str:
+        tries[message.payload] = tries.get(message.payload, 0) + 1
+        if message.payload == "never" or tries[message.payload] == 1:
+            raise RuntimeError(f"try {tries[message.payload]} failed")
+        return f"done {message.payload}"
+
+    server = RpcServer(conn, "svc", flaky, retry=RetryPolicy(retries=2, delay=1.0))
+    server.startService()
+    client = RpcClient(broker.connection(), reply_queue=True)
+    broker.flush()
+    answers: list[Any] = []
+    client.call("svc", "once", timeout=30).addBoth(answers.append)
+    client.call("svc", "never", timeout=30).addBoth(answers.append)
+    broker.flush()
+    assert answers == []
+    for _ in range(40):
+        broker.flush(0.1)
+    assert answers[0] == "done once" and tries == {"once": 2, "never": 3}
+    assert answers[1].check(RemoteError) and "try 3 failed" in str(answers[1].value)
+    assert broker.depth("svc.dlq") == 0 and broker.depth("svc") == 0

@@ -518,3 +518,16 @@ def test_twistds_options_exit_1_with_the_usage_and_one_line_on_a_usage_error(
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "twistd txmsg: --role must be one of: consumer, worker, rpc-server, fanout, producer"
     assert any("--role" in line for line in out[:-1])
+
+
+@pytest.mark.parametrize("role", ["worker", "rpc-server"])
+def test_worker_and_rpc_server_roles_take_retry_flags(role: str) -> None:
+    """
+    --retry reaches the worker's and the RPC server's queue consumer.
+    """
+    options = parse(
+        "--role", role, "--queue", "tasks", "--handler", "tests.integration.tap_handlers:fib", "--retry", "2"
+    )
+    server = list(make_services(options, Clock()))[1]
+    assert server.retry is not None and server.retry.retries == 2
+    assert server.consumers[0].retry is server.retry
