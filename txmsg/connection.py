@@ -7,14 +7,12 @@ of producers and consumers) replayed on every reconnect.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, Protocol, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import (
-    CancelledError,
     Deferred,
     DeferredList,
     DeferredLock,
@@ -22,15 +20,14 @@ from twisted.internet.defer import (
     inlineCallbacks,
     succeed,
 )
-from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from txmsg._amqp import AMQPProtocol, Channel
-from txmsg._guard import GuardedFactory, LostGuard, real_protocol
+from txmsg._cluster import ClusterEndpoint, FailedAttempt, NoBrokerAvailable, safe_urls
+from txmsg._guard import real_protocol
 from txmsg.errors import (
     ChannelError,
     ConnectionLost,
@@ -39,7 +36,17 @@ from txmsg.errors import (
     PreconditionFailed,
     TxmsgError,
 )
-from txmsg.url import ConnectionParameters, parse_urls
+from txmsg.url import parse_urls
+
+
+class QueueInfo(NamedTuple):
+    """
+    What queue.declare answered.
+    """
+
+    name: str
+    message_count: int
+    consumer_count: int
 
 
 class Declarable(Protocol):
@@ -68,10 +75,6 @@ class Deletable(Protocol):
 def _describe(item: Any) -> str:
     describe = getattr(item, "describe", None)
     return describe() if callable(describe) else repr(item)
-
-
-def _safe_urls(params: Sequence[ConnectionParameters]) -> str:
-    return ", ".join(p.safe_url for p in params)
 
 
 class ChannelOpener:
@@ -111,74 +114,6 @@ class ChannelOpener:
 
 #: run with a L{ChannelOpener} on every connection once its topology is declared
 ReadyHook = Callable[[ChannelOpener], "Deferred[Any] | None"]
-
-
-@dataclass(frozen=True)
-class FailedAttempt:
-    """
-    Why an attempt to connect failed: the broker's URL (password masked) and
-    the error (a refused TCP connection, a failed handshake, a lost connection).
-    """
-
-    url: str
-    error: BaseException
-
-    def __str__(self) -> str:
-        return f"{self.url}: {self.error}"
-
-
-class NoBrokerAvailable(ConnectError):
-    """
-    No URL of the cluster accepted a TCP connection.
-    """
-
-
-@implementer(IStreamClientEndpoint)
-class ClusterEndpoint:
-    """
-    Connect to the first of several brokers that answers, in the order given.
-
-    @ivar current: the parameters of the broker being tried (or connected) now.
-    """
-
-    _log = Logger()
-
-    def __init__(
-        self,
-        params: Sequence[ConnectionParameters],
-        reactor: Any,
-        on_failure: Callable[[FailedAttempt], None] | None = None,
-    ) -> None:
-        if not params:
-            raise ValueError("at least one broker URL is needed")
-        self.params = list(params)
-        self.reactor = reactor
-        self.current = self.params[0]
-        #: called with each URL that did not accept a connection
-        self.on_failure = on_failure
-
-    def __repr__(self) -> str:
-        return f"<ClusterEndpoint {_safe_urls(self.params)}>"
-
-    @inlineCallbacks
-    def connect(self, protocolFactory: Any) -> Any:
-        errors = []
-        for params in self.params:
-            self.current = params
-            self._log.info("connecting to {url}", url=params.safe_url)
-            try:
-                protocol = yield params.endpoint(self.reactor).connect(GuardedFactory(protocolFactory))
-            except CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - refused, unreachable, unresolvable: try the next
-                self._log.info("{url} did not answer: {error}", url=params.safe_url, error=e)
-                if self.on_failure is not None:
-                    self.on_failure(FailedAttempt(params.safe_url, e))
-                errors.append(f"{params.safe_url}: {e}")
-            else:
-                # the transport talks to the guard; ClientService gets its own proxy
-                return protocol._wrapped if isinstance(protocol, LostGuard) else protocol
-        raise NoBrokerAvailable(string="; ".join(errors))
 
 
 class _Factory(Factory):
@@ -251,7 +186,7 @@ class Connection(Service):
         """
         The broker URLs, comma-separated, with their passwords masked.
         """
-        return _safe_urls(self.params)
+        return safe_urls(self.params)
 
     # ------------------------------------------------------------------
     # IService
@@ -355,6 +290,42 @@ class Connection(Service):
         protocol = yield self._live()
         channel = yield protocol.open_channel()
         return channel
+
+    @inlineCallbacks
+    def queue_info(self, name: str) -> Any:
+        """
+        Ask the broker about queue C{name} once (a passive C{queue.declare} on
+        a channel of its own): fire with a L{QueueInfo} (its ready messages
+        and consumers), or fail with L{NotFound}.  Unlike declaring
+        C{Queue(name, passive=True)}, this adds nothing to the topology
+        replayed on reconnect.
+        """
+        protocol = yield self._live()
+        channel = yield protocol.open_channel()
+        try:
+            ok = yield channel.queue_declare(name, passive=True)
+        finally:
+            if channel.is_open:
+                channel.close()
+        return QueueInfo(ok["queue"], ok["message_count"], ok["consumer_count"])
+
+    @inlineCallbacks
+    def check_exchange(self, name: str) -> Any:
+        """
+        Ask the broker once whether exchange C{name} exists (a passive
+        C{exchange.declare}, adding nothing to the topology): fire with
+        L{None}, or fail with L{NotFound}.  (The default exchange C{""} always exists.)
+        """
+        if not name:
+            return None
+        protocol = yield self._live()
+        channel = yield protocol.open_channel()
+        try:
+            yield channel.exchange_declare(name, passive=True)
+        finally:
+            if channel.is_open:
+                channel.close()
+        return None
 
     def add_ready_hook(self, hook: ReadyHook) -> None:
         """
@@ -586,6 +557,7 @@ __all__ = [
     "Deletable",
     "FailedAttempt",
     "NoBrokerAvailable",
+    "QueueInfo",
     "ReadyHook",
     "TxmsgError",
 ]

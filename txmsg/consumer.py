@@ -25,16 +25,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txmsg._acks import Acks
-from txmsg._outcome import Reject, Requeue, delivery_count, run_handler
+from txmsg._deliveries import ACK_MODES, AUTO, MANUAL, NONE, AlreadySettled, Deliveries, StaleDelivery
+from txmsg._outcome import Reject, Requeue, Retry, delivery_count
 from txmsg.connection import Channel, ChannelOpener, Connection
 from txmsg.errors import (
     ChannelError,
     DeprecatedFeature,
     PreconditionFailed,
-    UndecodableMessage,
 )
 from txmsg.message import Message
-from txmsg.retry import Retrier, RetryPolicy, attempts
+from txmsg.retry import Retrier, RetryPolicy
 from txmsg.topology import Queue
 
 Handler = Callable[[Message], Any | Deferred[Any] | Awaitable[Any]]
@@ -52,7 +52,7 @@ RESUME_DELAY = 0.5
 MAX_RESUME_DELAY = 30.0
 
 
-class Consumer(Service):
+class Consumer(Deliveries, Service):
     """
     Consume C{queue} with C{handler}; an C{IService}: start it to consume, stop it
     to cancel (running handlers finish and are acked first).
@@ -78,6 +78,17 @@ class Consumer(Service):
     @param dedupe_window: skip (ack without handling) a message whose
         C{message_id} was among the last this many handled successfully: an
         opt-in guard against the duplicates at-least-once delivery allows.
+    @param acks: how messages are settled: C{"auto"} (acked when the handler
+        succeeds), C{"manual"} (the handler calls C{message.ack()},
+        C{nack()} or C{reject()}, now or later; an unsettled message counts
+        against C{prefetch}; settling twice raises L{AlreadySettled}, after a
+        reconnect L{StaleDelivery}), or C{"none"} (no acks: the broker
+        forgets each message as it sends it; fast, and lost if the handler
+        or the process fails).
+    @param batch_size: hand the handler a list of up to this many messages
+        (with C{batch_wait}: or what came within that many seconds of the
+        first), acked together once it succeeds; each is settled as a
+        failure if it fails.  C{prefetch} must let a whole batch in.
     @param retry: a L{RetryPolicy}: a handler's failure (or L{Retry}) sends
         the message back later, held by the broker in a delay queue, and
         after the last attempt (or at once for L{Reject}) to its dead
@@ -101,7 +112,20 @@ class Consumer(Service):
         dedupe_window: int = 0,
         max_body: int | None = None,
         retry: RetryPolicy | None = None,
+        acks: str = AUTO,
+        batch_size: int | None = None,
+        batch_wait: float = 1.0,
     ) -> None:
+        if acks not in ACK_MODES:
+            raise ValueError(f"acks must be one of {', '.join(ACK_MODES)}, not {acks!r}")
+        if batch_size is not None:
+            if batch_size < 1 or not batch_wait > 0:
+                raise ValueError("batch_size must be at least 1 and batch_wait positive")
+            if acks == NONE:
+                raise ValueError("a batch is acked together: it needs acks='auto' or 'manual'")
+            if prefetch and prefetch < batch_size:
+                raise ValueError(f"prefetch {prefetch} cannot let a batch of {batch_size} in")
+            acks = MANUAL
         if retry is not None and isinstance(queue, Queue) and not queue.name:
             raise ValueError("a retry policy needs a named queue (retries come back to it by name)")
         if prefetch < 0 or prefetch > 65535:
@@ -142,6 +166,11 @@ class Consumer(Service):
         self.retried = 0
         self.dead_lettered = 0
         self.retry = retry
+        self.acks = acks
+        self.batch_size = batch_size
+        self.batch_wait = batch_wait
+        self._batch: list[tuple[Acks, Message]] = []
+        self._batch_timer: Any = None
         self._retrier = None if retry is None else Retrier(connection, retry, self._queue_name)
         self._acks: Acks | None = None
         #: running asynchronous handlers -> the channel their message came on
@@ -196,6 +225,8 @@ class Consumer(Service):
 
         def drained(_: object) -> Deferred[Any]:
             # taken after cancel-ok: no delivery starts a handler after that
+            if self._batch:
+                self._flush_batch()  # what was collected is handled, not left waiting
             running = list(self._in_flight)
             if not running:
                 return succeed(None)
@@ -282,7 +313,7 @@ class Consumer(Service):
                 d.addCallback(lambda _: retrier.declare(channel, self.connection.names))
             d.addCallback(lambda _: channel.basic_qos(self.prefetch))
             d.addCallback(lambda _: self._queue_name())
-            d.addCallback(lambda name: channel.basic_consume(name))
+            d.addCallback(lambda name: channel.basic_consume(name, no_ack=self.acks == NONE))
 
             def consuming(result: dict[str, Any]) -> None:
                 self.consumer_tag = result["consumer_tag"]
@@ -403,195 +434,18 @@ class Consumer(Service):
         self._log.error("cannot consume {queue}: {error}", queue=self.queue, error=reason.getErrorMessage())
         self._schedule_resume()
 
-    # ------------------------------------------------------------------
-    # deliveries
 
-    def _deliver(self, channel: Channel, args: dict[str, Any], props: dict[str, Any], body: bytes) -> None:
-        if not self.running:
-            return  # stopping: left unacked, it goes back to the queue with the channel
-        limit = self.concurrency
-        if limit is not None and len(self._in_flight) >= limit:
-            self._backlog.append((channel, args, props, body))
-            return
-        self._handle(channel, args, props, body)
-
-    def _handle(self, channel: Channel, args: dict[str, Any], props: dict[str, Any], body: bytes) -> None:
-        acks = self._acks
-        if acks is None or acks.channel is not channel:
-            return  # a delivery from a channel already given up
-        tag = args["delivery_tag"]
-        if self.max_body is not None and len(body) > self.max_body:
-            self._log.error(
-                "rejecting message {tag} from {queue}: its body of {size} bytes is over the maximum of {max}",
-                tag=tag,
-                queue=self.queue,
-                size=len(body),
-                max=self.max_body,
-            )
-            self._reject(acks, tag, False)
-            return
-        try:
-            message = Message.from_delivery(body, props, args, allow_pickle=self.allow_pickle)
-            message.payload  # noqa: B018 - decode before the handler sees it
-        except UndecodableMessage as e:
-            self._log.error(
-                "rejecting undecodable message {tag} from {queue}: {error}",
-                tag=tag,
-                queue=self.queue,
-                error=e,
-            )
-            self._reject(acks, tag, False)
-            return
-        except Exception:  # noqa: BLE001 - a message that cannot be read must not stop the consumer
-            self._log.failure("rejecting unreadable message {tag} from {queue}", tag=tag, queue=self.queue)
-            self._reject(acks, tag, False)
-            return
-        if self.dedupe_window and message.message_id is not None and message.message_id in self._seen:
-            self.deduplicated += 1
-            self.consumed += 1
-            acks.ack(tag)
-            return
-        count = delivery_count(message)
-        if count is not None and count > self.max_redeliveries:
-            # e.g. a message whose handling kills the process, over and over
-            self._log.error(
-                "dead-lettering message {tag} from {queue}: delivered {count} times before",
-                tag=tag,
-                queue=self.queue,
-                count=count,
-            )
-            self._reject(acks, tag, False)
-            return
-        if self._retrier is not None and attempts(message):
-            self.retried += 1
-        # A synchronous handler is settled at once; only an asynchronous result
-        # (a Deferred or an awaitable) pays for Deferred machinery.
-        result = run_handler(self.handler, message)
-        if isinstance(result, Failure):
-            self._settle(acks, message, result)
-        elif isinstance(result, Deferred):
-            d = result
-            acks.begin(tag)
-            self._in_flight[d] = acks.channel
-
-            def done(outcome: Any) -> Any:
-                self._in_flight.pop(d, None)
-                if self._acks is not acks:
-                    # its channel closed meanwhile: the broker put the message back
-                    self._log.info("a handler finished after its channel closed; its message was requeued")
-                    return None
-                self._settle(acks, message, outcome)
-                self._next()
-                return None
-
-            d.addBoth(done)
-        else:
-            if self.dedupe_window:
-                self._remember(message)
-            self.consumed += 1
-            acks.ack(tag)
-
-    def _next(self) -> None:
-        backlog = self._backlog
-        limit = self.concurrency
-        while backlog and self.running and (limit is None or len(self._in_flight) < limit):
-            self._handle(*backlog.popleft())
-
-    def _reject(self, acks: Acks, tag: int, requeue: bool) -> None:
-        self.consumed += 1
-        if requeue:
-            self.requeued += 1
-        else:
-            self.rejected += 1
-        acks.reject(tag, requeue)
-
-    def _remember(self, message: Message) -> None:
-        seen = self._seen
-        if message.message_id is not None:
-            seen[message.message_id] = None
-            if len(seen) > self.dedupe_window:
-                seen.popitem(last=False)
-
-    def _settle(self, acks: Acks, message: Message, outcome: Any) -> None:
-        tag = cast(int, message.delivery_tag)
-        if not isinstance(outcome, Failure):
-            if self.dedupe_window:
-                self._remember(message)
-            self.consumed += 1
-            acks.ack(tag)
-        elif self._retrier is not None and not outcome.check(Requeue):  # Retry, Reject, any error
-            self._retry_later(acks, message, outcome)
-        elif outcome.check(Requeue):
-            count = delivery_count(message)
-            spent = message.redelivered if count is None else count >= self.max_redeliveries
-            if spent:
-                self._log.error(
-                    "dead-lettering message {tag} from {queue} instead of requeueing it: "
-                    "it was delivered before{times}",
-                    tag=tag,
-                    queue=self.queue,
-                    times="" if count is None else f" {count} times",
-                )
-            self._reject(acks, tag, not spent)
-        elif outcome.check(Reject):
-            self._reject(acks, tag, False)
-        else:
-            self._log.failure(
-                "handler failed on message {tag} from {queue}; rejected", outcome, tag=tag, queue=self.queue
-            )
-            self._reject(acks, tag, False)
-
-    def _retry_later(self, acks: Acks, message: Message, failure: Failure) -> None:
-        """
-        Publish the failed message to its delay queue (or its dead letters)
-        and ack it once the broker confirmed that; if the publish fails, give
-        it back to the queue (a little later, so that it does not spin).
-        """
-        assert self._retrier is not None
-        tag = cast(int, message.delivery_tag)
-        acks.begin(tag)
-        delay, d = self._retrier.fail(message, failure, rejected=bool(failure.check(Reject)))
-        self._in_flight[d] = acks.channel
-        if delay is not None:
-            self._log.warn(
-                "message {tag} from {queue} failed ({error}); "
-                "retrying in {delay:g} s (attempt {n} of {total})",
-                tag=tag,
-                queue=self.queue,
-                error=failure.getErrorMessage(),
-                delay=delay,
-                n=attempts(message) + 2,
-                total=self._retrier.policy.retries + 1,
-            )
-
-        def published(result: Any) -> None:
-            self._in_flight.pop(d, None)
-            if self._acks is not acks:
-                return  # its channel closed: the broker put it back (a duplicate at worst)
-            if isinstance(result, Failure):
-                self._log.error(
-                    "cannot send message {tag} from {queue} to be retried or dead-lettered: {error}; "
-                    "it goes back to the queue",
-                    tag=tag,
-                    queue=self.queue,
-                    error=result.getErrorMessage(),
-                )
-                self.requeued += 1
-                self.connection.reactor.callLater(RESUME_DELAY, acks.reject, tag, True)
-            else:
-                if delay is None:
-                    self.dead_lettered += 1
-                    self._log.error(
-                        "dead-lettered message {tag} from {queue} after {n} attempts: {error}",
-                        tag=tag,
-                        queue=self.queue,
-                        n=attempts(message) + 1,
-                        error=failure.getErrorMessage(),
-                    )
-                else:
-                    self.retries_scheduled += 1
-                self.consumed += 1
-                acks.ack(tag)
-            self._next()
-
-        d.addBoth(published)
+__all__ = [
+    "ACK_MODES",
+    "DEFAULT_MAX_REDELIVERIES",
+    "DEFAULT_PREFETCH",
+    "DEFAULT_STOP_TIMEOUT",
+    "AlreadySettled",
+    "Consumer",
+    "Handler",
+    "Reject",
+    "Requeue",
+    "Retry",
+    "StaleDelivery",
+    "delivery_count",
+]

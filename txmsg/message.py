@@ -19,7 +19,7 @@ from functools import cached_property
 from typing import Any
 
 from txmsg._properties import PROPERTY_NAMES, timestamp_to_datetime
-from txmsg.errors import UndecodableMessage
+from txmsg.errors import TxmsgError, UndecodableMessage
 
 JSON = "application/json"
 TEXT = "text/plain"
@@ -155,6 +155,8 @@ class Message:
     delivery_tag: int | None = None
     consumer_tag: str | None = None
     allow_pickle: bool = field(default=False, repr=False)
+    #: how its handler settles it, given by a consumer in C{"manual"} mode
+    settlement: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
     def create(
@@ -275,6 +277,35 @@ class Message:
             return self.body.decode(charset or "utf-8")
         except (UnicodeDecodeError, LookupError) as e:
             raise UndecodableMessage(f"body is not valid {charset or 'utf-8'} text: {e}") from None
+
+    def ack(self) -> None:
+        """
+        Ack this message (a consumer in C{acks="manual"} mode; see L{txmsg.consumer.Consumer}).
+
+        @raise txmsg.consumer.AlreadySettled: it was settled before.
+        @raise txmsg.consumer.StaleDelivery: its channel closed (the broker requeued it).
+        """
+        self._settlement().ack()
+
+    def nack(self, requeue: bool = True) -> None:
+        """
+        Give this message back (C{requeue}), or dead-letter it (manual mode).
+        """
+        self._settlement().nack(requeue)
+
+    def reject(self, requeue: bool = False) -> None:
+        """
+        Reject this message: dead-letter it, or with C{requeue} give it back (manual mode).
+        """
+        self._settlement().reject(requeue)
+
+    def _settlement(self) -> Any:
+        if self.settlement is None:
+            raise TxmsgError(
+                "this message is settled by its consumer: ack(), nack() and reject() need "
+                "Consumer(..., acks='manual')"
+            )
+        return self.settlement
 
     def replace(self, **changes: Any) -> Message:
         """

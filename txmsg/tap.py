@@ -50,6 +50,14 @@ def log_message(message: Message) -> None:
     _log.info("{line}", line=readable_line(message))
 
 
+def log_messages(messages: list[Message]) -> None:
+    """
+    The default handler of a batch: one readable line per message.
+    """
+    for message in messages:
+        log_message(message)
+
+
 def echo(message: Message) -> Any:
     """
     The default RPC handler: log the request and answer with its payload.
@@ -123,6 +131,13 @@ def _check_consumer(options: Options) -> None:
     if options["bind_headers"] and options["exchange-type"] != "headers":
         raise usage.UsageError("--bind-header needs --exchange-type headers")
     _check_retry(options)
+    if options["batch"] is not None:
+        if options["batch"] < 1 or not options["batch-wait"] > 0:
+            raise usage.UsageError("--batch must be at least 1 and --batch-wait positive")
+        if options["no-ack"]:
+            raise usage.UsageError("--batch acks a batch together: it contradicts --no-ack")
+        if options["prefetch"] and options["prefetch"] < options["batch"]:
+            options["prefetch"] = options["batch"]  # a whole batch must be let in
 
 
 def _check_retry(options: Options) -> None:
@@ -145,6 +160,8 @@ def _check_retry(options: Options) -> None:
 
 def _build_consumer(options: Options, connection: Connection, reactor: Any) -> Built:
     queue, handler = queue_from(options), options["handler_callable"]
+    if options["batch"] is not None and handler is log_message:
+        handler = log_messages
     consumer = Consumer(
         connection,
         queue,
@@ -152,6 +169,9 @@ def _build_consumer(options: Options, connection: Connection, reactor: Any) -> B
         prefetch=options["prefetch"],
         concurrency=options["concurrency"],
         retry=options.get("retry_policy"),
+        acks="none" if options["no-ack"] else "auto",
+        batch_size=options["batch"],
+        batch_wait=options["batch-wait"],
     )
     service = DeclaringService(connection, [queue, *bindings_from(options, queue)], [consumer])
     return Built(service, [consumer])
@@ -304,6 +324,14 @@ class Options(usage.Options):
             int,
         ],
         ["retry-delay", None, "1s", "With --retry: the wait, e.g. 5s, or a backoff 1s..5m."],
+        [
+            "batch",
+            None,
+            None,
+            "consumer: hand --handler lists of up to N messages, acked together once it returns.",
+            int,
+        ],
+        ["batch-wait", None, 1.0, "consumer, with --batch: seconds to wait for a batch to fill.", float],
         ["prefetch", None, DEFAULT_PREFETCH, "Unacked messages the broker may send at once.", int],
         ["concurrency", None, None, "Handlers running at once (default: as prefetch lets in).", int],
         ["server-id", None, None, "rpc-server, worker: this server's id in replies (default: generated)."],
@@ -330,6 +358,7 @@ class Options(usage.Options):
         ],
         ["quorum", None, "Declare a quorum queue (x-queue-type quorum; durable)."],
         ["ignore-self", None, "fanout: do not hear this peer's own shouts."],
+        ["no-ack", None, "consumer: consume without acks (fast; a message whose handler fails is lost)."],
     ]
 
     def __init__(self) -> None:

@@ -17,23 +17,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from txmsg.connection import Channel
+from txmsg.connection import Channel, QueueInfo
 
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
-
-
-class QueueInfo(NamedTuple):
-    """
-    What queue.declare answered.
-    """
-
-    name: str
-    message_count: int
-    consumer_count: int
 
 
 @dataclass(frozen=True)

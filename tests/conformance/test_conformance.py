@@ -481,3 +481,59 @@ async def test_a_retry_waits_in_its_delay_queue_and_the_last_attempt_rests_in_th
     assert await broker.depth(conn, name) == 0
     dead = await _take_one(broker, conn, f"{name}.dlq")
     assert dead.body == b"retry me" and (dead.headers or {})["x-txmsg-attempts"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_info_and_check_exchange_ask_once_without_topology(broker: Env) -> None:
+    """
+    Connection.queue_info counts a queue's ready messages and consumers;
+    a missing queue or exchange is NotFound; nothing joins the topology.
+    """
+    conn = await broker.connect()
+    q = Queue(broker.name("info"))
+    await broker.wait(conn.declare(q))
+    conn.forget(q)
+    producer = Producer(conn)
+    for body in ("a", "b"):
+        await broker.wait(producer.publish("", q.name, body))
+    info = await broker.wait(conn.queue_info(q.name))
+    assert (info.message_count, info.consumer_count) == (2, 0)
+    with pytest.raises(NotFound):
+        await broker.wait(conn.queue_info(broker.name("missing")))
+    with pytest.raises(NotFound):
+        await broker.wait(conn.check_exchange(broker.name("missing-x")))
+    assert await broker.wait(conn.check_exchange("amq.direct")) is None
+    assert q not in conn.topology
+
+
+@pytest_twisted.ensureDeferred
+async def test_manual_settlement_holds_the_prefetch_and_no_ack_holds_nothing(broker: Env) -> None:
+    """
+    acks="manual" with prefetch 2: two of three messages arrive and the
+    third waits until one is acked; acks="none" takes the rest at once.
+    """
+    conn = await broker.connect()
+    q = Queue(broker.name("settle"))
+    await broker.wait(conn.declare(q))
+    producer = Producer(conn)
+    for body in ("a", "b", "c", "d", "e"):
+        await broker.wait(producer.publish("", q.name, body))
+    held: list[Message] = []
+    manual = Consumer(conn, q.name, held.append, acks="manual", prefetch=2)
+    manual.startService()
+    await broker.until(lambda: len(held) == 2)
+    await broker.sleep(0.3)
+    assert [m.body for m in held] == [b"a", b"b"] and await broker.depth(conn, q.name) == 3
+    held[0].ack()
+    await broker.until(lambda: len(held) == 3)
+    held[1].ack()
+    held[2].ack()
+    await broker.until(lambda: len(held) == 5)
+    await broker.wait(manual.stopService())
+    taken: list[Message] = []
+    fast = Consumer(conn, q.name, taken.append, acks="none")
+    fast.startService()
+    await broker.until(lambda: len(taken) == 2)
+    await broker.wait(fast.stopService())
+    assert sorted(m.body for m in taken) == [b"d", b"e"]
+    assert await broker.depth(conn, q.name) == 0

@@ -531,3 +531,25 @@ def test_worker_and_rpc_server_roles_take_retry_flags(role: str) -> None:
     server = list(make_services(options, Clock()))[1]
     assert server.retry is not None and server.retry.retries == 2
     assert server.consumers[0].retry is server.retry
+
+
+def test_batch_and_no_ack_flags_shape_the_consumer() -> None:
+    """
+    --batch 50 --batch-wait 2 makes a batch consumer (its prefetch raised to
+    let a batch in, its default handler logging each message); --no-ack one
+    without acks; the two together are refused.
+    """
+    role = list(
+        make_services(
+            parse("--role", "consumer", "--queue", "q", "--batch", "50", "--batch-wait", "2"), Clock()
+        )
+    )[1]
+    consumer = role.consumers[0]
+    assert (consumer.batch_size, consumer.batch_wait, consumer.prefetch) == (50, 2.0, 50)
+    assert consumer.acks == "manual"
+    fast = list(make_services(parse("--role", "consumer", "--queue", "q", "--no-ack"), Clock()))[1].consumers[
+        0
+    ]
+    assert fast.acks == "none"
+    with pytest.raises(usage.UsageError, match="--no-ack"):
+        parse("--role", "consumer", "--queue", "q", "--batch", "5", "--no-ack")
