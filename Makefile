@@ -9,6 +9,7 @@
 #   make test-twisted-lowest  the suite (unit, then RabbitMQ 3.10) on the lowest Twisted
 #                     setup.cfg admits, in .venv-twisted-lowest (CI runs it after make test)
 #   make lint         ruff + mypy (CI runs it before make test)
+#   make docs         the API reference (pydoctor, warnings are errors) in docs/api/
 #   make bench        txmsg against pika (Twisted and blocking), aio-pika and raw txAMQP on
 #                     the same broker (installs the "bench" extra; BENCH_ARGS="--rounds 10")
 #   make reliability  the fault scenarios at 5x their CI counts, one table of figures
@@ -33,7 +34,7 @@ RMQ_BIN := $(CURDIR)/.txmsg/rabbitmq-$(TXMSG_BROKER_PORT)/bin
 endif
 WITH_BROKER_PATH := PATH="$(RMQ_BIN):$$PATH"
 
-.PHONY: all bootstrap demo test test-twisted-lowest lint bench reliability broker broker4 broker-stop clean
+.PHONY: all bootstrap demo test test-twisted-lowest lint docs bench reliability broker broker4 broker-stop clean
 
 all: test
 
@@ -49,6 +50,13 @@ test: bootstrap
 test-twisted-lowest:
 	TXMSG_VENV="$(LOWEST_VENV)" TXMSG_TWISTED=$(TWISTED_LOWEST) bash scripts/bootstrap.sh
 	TXMSG_VENV="$(LOWEST_VENV)" TXMSG_BROKERS="local" bash scripts/test.sh $(PYTEST_ARGS)
+
+docs:
+	bash scripts/bootstrap.sh --no-broker
+	rm -rf docs/api
+	.venv/bin/pydoctor --quiet --warnings-as-errors --docformat=epytext --project-name=txmsg \
+		--project-base-dir=. --html-output=docs/api txmsg
+	@echo "docs: the API reference is docs/api/index.html"
 
 lint:
 	bash scripts/bootstrap.sh --no-broker
@@ -75,5 +83,5 @@ broker-stop:
 clean:
 	bash scripts/broker-stop.sh --all
 	bash scripts/rabbitmq4.sh stop
-	rm -rf --one-file-system .venv .venv-twisted-lowest .txmsg build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache twisted/plugins/dropin.cache
+	rm -rf --one-file-system .venv .venv-twisted-lowest .txmsg docs/api build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache twisted/plugins/dropin.cache
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -73,6 +73,9 @@ class ClusterEndpoint:
 
     @inlineCallbacks
     def connect(self, protocolFactory: Any) -> Any:
+        """
+        Connect C{protocolFactory} to the first broker that accepts (C{IStreamClientEndpoint}).
+        """
         errors = []
         for params in self.params:
             self.current = params

@@ -23,8 +23,8 @@ from txmsg.message import Message
 
 def run_handler(handler: Callable[[Any], Any], message: Any) -> Any:
     """
-    Call C{handler(message)}; return a L{Failure} if it raised (or returned
-    one), a L{Deferred} of its outcome if it returned a Deferred or an
+    Call C{handler(message)}; return a C{Failure} if it raised (or returned
+    one), a C{Deferred} of its outcome if it returned a Deferred or an
     awaitable, else the value it returned: a synchronous handler is done now.
     """
     try:

@@ -1,5 +1,5 @@
 """
-A connection to RabbitMQ that recovers: Twisted's L{ClientService} with a jittered
+A connection to RabbitMQ that recovers: Twisted's C{ClientService} with a jittered
 backoff, failover across the URLs of a cluster, fatal errors surfaced instead of
 retried, and everything a fresh connection needs (topology first, then the hooks
 of producers and consumers) replayed on every reconnect.
@@ -61,7 +61,10 @@ class Declarable(Protocol):
     None; and C{describe()}, which names it in error messages.
     """
 
-    def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[Any]: ...
+    def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[Any]:
+        """
+        Declare on C{channel}; fires when the broker has.
+        """
 
 
 class Deletable(Protocol):
@@ -69,7 +72,10 @@ class Deletable(Protocol):
     Something that can be deleted on the broker (a queue or an exchange).
     """
 
-    def delete(self, channel: Channel) -> Deferred[Any]: ...
+    def delete(self, channel: Channel) -> Deferred[Any]:
+        """
+        Delete on C{channel}; fires when the broker has.
+        """
 
 
 def _describe(item: Any) -> str:
@@ -158,7 +164,7 @@ class Connection(Service):
         self.name = name  # type: ignore[assignment]  # Service declares it None
         self.endpoint = ClusterEndpoint(self.params, reactor, self._attempt_failed)
         #: why the last attempt to connect failed (a L{FailedAttempt}), or
-        #: L{None} once connected: what to tell a user who waited in vain
+        #: C{None} once connected: what to tell a user who waited in vain
         self.last_failure: FailedAttempt | None = None
         self._policy = retry_policy or backoffPolicy(initialDelay=0.5, maxDelay=30.0)
         self._failures = 0
@@ -192,6 +198,9 @@ class Connection(Service):
     # IService
 
     def startService(self) -> None:
+        """
+        Start connecting (and reconnecting); see L{when_ready}.
+        """
         if self.running:
             return
         Service.startService(self)
@@ -248,6 +257,9 @@ class Connection(Service):
 
     @property
     def is_connected(self) -> bool:
+        """
+        Whether a connection to the broker is open now.
+        """
         return self.protocol is not None and self.protocol.is_open
 
     def when_ready(self) -> Deferred[Connection]:
@@ -314,7 +326,7 @@ class Connection(Service):
         """
         Ask the broker once whether exchange C{name} exists (a passive
         C{exchange.declare}, adding nothing to the topology): fire with
-        L{None}, or fail with L{NotFound}.  (The default exchange C{""} always exists.)
+        C{None}, or fail with L{NotFound}.  (The default exchange C{""} always exists.)
         """
         if not name:
             return None
@@ -353,6 +365,9 @@ class Connection(Service):
             listener(reason)
 
     def remove_ready_hook(self, hook: ReadyHook) -> None:
+        """
+        Stop running C{hook} on new connections.
+        """
         if hook in self._hooks:
             self._hooks.remove(hook)
 

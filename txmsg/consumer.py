@@ -194,6 +194,9 @@ class Consumer(Deliveries, Service):
         return isinstance(queue, Queue) and not queue.passive and queue not in self.connection.topology
 
     def startService(self) -> None:
+        """
+        Start consuming, now if the connection is up and after every reconnect.
+        """
         if self.running:
             return
         Service.startService(self)

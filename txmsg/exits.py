@@ -87,7 +87,7 @@ def help_text(codes: tuple[int, ...] | None = None, compact: bool = False) -> st
 def exit_code_for(error: BaseException) -> int | None:
     """
     The status for a process ended by C{error} from the broker or the
-    connection, or L{None} if it is none of those this table names.
+    connection, or C{None} if it is none of those this table names.
     """
     if isinstance(error, (AuthenticationError, VhostNotFound, AccessRefused)):
         return EXIT_NOPERM

@@ -154,6 +154,9 @@ class JobResult:
 
     @property
     def ok(self) -> bool:
+        """
+        Whether every task succeeded.
+        """
         return not self.failures and self.done == self.total
 
 

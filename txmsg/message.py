@@ -218,6 +218,9 @@ class Message:
 
     @property
     def persistent(self) -> bool:
+        """
+        Whether the message is persistent (delivery mode 2).
+        """
         return self.delivery_mode == 2
 
     def properties(self) -> dict[str, Any]:

@@ -5,7 +5,7 @@ third-party dependency.
 A L{Metrics} registry holds counters and gauges, each a name, a help text, a
 set of labels and a zero-argument callable that is read at scrape time: the
 objects being measured keep their plain attributes (C{producer.confirmed},
-C{consumer.consumed}, ...) and pay nothing on their hot paths.
+C{consumer.consumed}, ...) and pay nothing on their hot paths::
 
     metrics = Metrics()
     watch_connection(metrics, connection)

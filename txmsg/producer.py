@@ -85,7 +85,7 @@ class Producer:
     @param window: the most messages that may await their confirm at once;
         further publishes wait for confirms (or for the write buffer to drain,
         or for the broker to unblock) before they are written.
-    @param confirm: L{False} for publishing without confirms (at most once):
+    @param confirm: C{False} for publishing without confirms (at most once):
         a publish's Deferred fires as soon as the message is written to the
         connection, so waiting for it is backpressure, not a guarantee; a
         message written just before a connection is lost may be lost with it.
@@ -250,7 +250,7 @@ class Producer:
         A Deferred that fires once fewer than C{limit} (default: the window)
         publishes are pending, written or waiting to be written, and not yet
         settled: a loop that publishes a stream waits on it to keep its memory
-        bounded however fast it produces.
+        bounded however fast it produces::
 
             for item in stream:
                 await producer.room()

@@ -233,7 +233,7 @@ class Retrier:
         """
         Publish C{message}, which failed with C{failure}, to its next delay
         queue, or (its attempts spent, or C{rejected}) to its dead letters.
-        Returns the delay (L{None}: dead-lettered) and the publish's Deferred,
+        Returns the delay (C{None}: dead-lettered) and the publish's Deferred,
         which fires once the broker confirmed it.
         """
         made = attempts(message) + 1

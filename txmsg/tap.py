@@ -1,5 +1,5 @@
 """
-``twistd txmsg``: the options of every role and the services they make.
+``twistd txmsg``: the options of every role and the services they make::
 
     twistd -n txmsg --role consumer --queue hello
     twistd -n txmsg --role rpc-server --queue rpc_queue --handler myapp.rpc:answer
@@ -110,7 +110,7 @@ class Role:
 
     @ivar name: the value of C{--role}.
     @ivar summary: what it does, in a few words for C{--help}.
-    @ivar check: raises L{usage.UsageError} if the options do not suit the
+    @ivar check: raises C{usage.UsageError} if the options do not suit the
         role (after the checks common to every role).
     @ivar build: makes the role's services on the connection, with the reactor.
     @ivar default_handler: called with each message without C{--handler}.

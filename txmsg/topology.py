@@ -55,6 +55,9 @@ class Exchange:
                 )
 
     def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[Any]:
+        """
+        Declare this exchange on C{channel}; fires with this exchange.
+        """
         return channel.exchange_declare(
             self.name,
             self.type,
@@ -66,6 +69,9 @@ class Exchange:
         ).addCallback(lambda _: self)
 
     def delete(self, channel: Channel, if_unused: bool = False) -> Deferred[Any]:
+        """
+        Delete this exchange (only if it has no bindings, with C{if_unused}).
+        """
         return channel.exchange_delete(self.name, if_unused=if_unused)
 
 
@@ -115,6 +121,9 @@ class Queue:
 
     @property
     def server_named(self) -> bool:
+        """
+        Whether the broker names this queue (it has no name of its own).
+        """
         return not self.name
 
     def resolve(self, names: Mapping[Any, str]) -> str:
@@ -158,6 +167,10 @@ class Queue:
         return channel.queue_delete(self.name, if_unused=if_unused, if_empty=if_empty)
 
     def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[QueueInfo]:
+        """
+        Declare this queue on C{channel}; fires with a L{QueueInfo}, and records its name in C{names}.
+        """
+
         def declared(result: dict[str, Any]) -> QueueInfo:
             names[self] = result["queue"]
             return QueueInfo(result["queue"], result["message_count"], result["consumer_count"])
@@ -204,6 +217,9 @@ class Binding:
         return cls(queue, exchange, "", {"x-match": match, **headers})
 
     def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[Any]:
+        """
+        Bind on C{channel}, following a server-named queue to its name on this connection.
+        """
         return channel.queue_bind(
             _name(self.queue, names),
             _name(self.exchange, names),
@@ -225,6 +241,9 @@ class ExchangeBinding:
     arguments: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def declare(self, channel: Channel, names: dict[Any, str]) -> Deferred[Any]:
+        """
+        Bind the exchanges on C{channel}.
+        """
         return channel.exchange_bind(
             _name(self.destination, names),
             _name(self.source, names),

@@ -117,7 +117,7 @@ class InvalidURL(TxmsgError, ValueError):
 
     @ivar reason: what is wrong, without the URL.
     @ivar url: the offending URL with its password masked (L{redact_url}), or
-        L{None} when there was no single URL to blame.
+        C{None} when there was no single URL to blame.
     """
 
     def __init__(self, reason: str, url: str | None = None) -> None:
@@ -195,15 +195,15 @@ class ConnectionParameters:
         broker's.
     @ivar frame_max: largest frame size to ask for; 0 accepts the broker's.
     @ivar tls: whether the connection uses TLS (C{scheme == "amqps"}).
-    @ivar cafile: PEM file of the certificate authorities to trust; L{None}
+    @ivar cafile: PEM file of the certificate authorities to trust; C{None}
         trusts the platform's.
     @ivar certfile: PEM file of the client certificate (and of its key, when
-        C{keyfile} is L{None}).
+        C{keyfile} is C{None}).
     @ivar keyfile: PEM file of the client certificate's private key.
     @ivar server_name_indication: the name to send in SNI and to check the
-        server's certificate against; L{None} uses C{host}.
+        server's certificate against; C{None} uses C{host}.
     @ivar verify: whether to check the server's certificate (C{verify_peer});
-        L{False} is C{verify_none}.
+        C{False} is C{verify_none}.
     """
 
     scheme: str = "amqp"
@@ -361,9 +361,9 @@ class ConnectionParameters:
         """
         A Twisted client endpoint that connects to this node.
 
-        Both schemes connect with L{HostnameEndpoint} (which resolves the name
+        Both schemes connect with C{HostnameEndpoint} (which resolves the name
         and tries each address) using C{connection_timeout}; C{amqps} wraps it
-        in TLS with L{wrapClientTLS}.  With C{verify_peer} the server's
+        in TLS with C{wrapClientTLS}.  With C{verify_peer} the server's
         certificate must chain to C{cafile} (or to the platform's trust store
         when there is none) and match C{server_name_indication} or C{host};
         with C{verify_none} it is not checked, though the name is still sent
@@ -429,7 +429,7 @@ def default_urls(environ: Mapping[str, str] | None = None) -> list[str]:
     the nodes of a cluster), else C{[DEFAULT_URL]}.  An empty C{TXMSG_URL}
     counts as unset.
 
-    @param environ: the environment to read; L{None} reads C{os.environ} at
+    @param environ: the environment to read; C{None} reads C{os.environ} at
         call time.  (Not C{os.environ} as the default value: documentation
         tools would print the whole environment, passwords included, in the
         signature.)
@@ -446,7 +446,7 @@ def parse_urls(urls: str | Iterable[str] | None) -> list[ConnectionParameters]:
 
     @param urls: a URL; several in one string separated by commas or
         whitespace; an iterable of URLs (each item one URL, not split); or
-        L{None} for L{default_urls} from the environment.
+        C{None} for L{default_urls} from the environment.
     @return: the parameters of each URL, in order.
     @raise InvalidURL: a URL is invalid, or none was given.
     """

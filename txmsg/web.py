@@ -118,6 +118,9 @@ class MonitorResource(Resource):
         self.putChild(b"health", _HealthPage(connection))
 
     def render_GET(self, request: Any) -> bytes:
+        """
+        Serve C{/metrics} (Prometheus text) or C{/health} (JSON).
+        """
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"txmsg: /metrics (Prometheus), /health (JSON)\n"
 
@@ -125,7 +128,7 @@ class MonitorResource(Resource):
 class PublishResource(Resource):
     """
     An HTTP endpoint that publishes each request body to RabbitMQ, answering
-    once the broker confirmed it:
+    once the broker confirmed it::
 
         POST /publish/<exchange>/<routing_key>[?persistent=1][&mandatory=1]
 
@@ -202,6 +205,9 @@ class PublishResource(Resource):
         self.retry_after = retry_after
 
     def render(self, request: Any) -> bytes | int:
+        """
+        Publish the request's body; answer once the broker confirmed it (see the class).
+        """
         postpath = list(request.postpath)
         if not postpath or postpath[0] != b"publish":
             return _error(

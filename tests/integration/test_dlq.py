@@ -25,7 +25,7 @@ from txmsg.cli import Io, parse_args
 from txmsg.cli._errors import CommandFailed
 from txmsg.cli.dlq import dlq
 
-from .support import COMMAND, PikaPeer, eventually, proxied, run, unique
+from .support import BROKER_URL, COMMAND, PikaPeer, eventually, proxied, run, unique
 
 pytestmark = pytest.mark.integration
 
@@ -168,7 +168,7 @@ async def test_a_replay_cut_in_the_middle_loses_nothing_and_duplicates_at_most_t
             await replaying
         assert "run the replay again" in str(failed.value)
         second = Io(stdout=io.BytesIO(), stderr=io.StringIO())
-        args = parse_args(["dlq", "replay", dlq_name, "--to", f"/{target}"])
+        args = parse_args(["dlq", "replay", dlq_name, "--to", f"/{target}", "--url", BROKER_URL])
         assert await dlq(reactor, args, second) == 0
         got = await pika_peer.get(target, count=400, timeout=3)
         seen = Counter(props.message_id for _, props, _ in got)

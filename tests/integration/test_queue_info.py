@@ -27,7 +27,7 @@ async def test_queue_info_counts_what_a_pika_peer_queued_and_touches_no_topology
     name = unique("info")
 
     def fill(ch: object) -> None:
-        ch.queue_declare(name)  # type: ignore[attr-defined]
+        ch.queue_declare(name, durable=True)  # type: ignore[attr-defined]
         for _ in range(3):
             ch.basic_publish("", name, b"x")  # type: ignore[attr-defined]
 

@@ -79,7 +79,7 @@ class Channel:
     An open channel.  Obtain one from a connection (C{Connection.channel()},
     or the opener a ready hook is given).
 
-    @ivar closed_reason: why the channel closed (a L{Failure}), once it has.
+    @ivar closed_reason: why the channel closed (a C{Failure}), once it has.
     @ivar on_writable: called when the connection may be written to again
         after its write buffer was full or the broker blocked publishing.
     """
@@ -144,14 +144,14 @@ class Channel:
     @property
     def blocked(self) -> str | None:
         """
-        Why the broker blocks publishing on this connection (C{connection.blocked}), or L{None}.
+        Why the broker blocks publishing on this connection (C{connection.blocked}), or C{None}.
         """
         return self._link.blocked
 
     def call_after_read(self, f: Callable[[], None]) -> bool:
         """
         Call C{f} once the frames of the read being handled are all handled
-        (e.g. to send one ack for the deliveries it held); L{False}, and
+        (e.g. to send one ack for the deliveries it held); C{False}, and
         nothing done, when no read is being handled.
         """
         return self._link.call_after_read(f)
@@ -220,14 +220,23 @@ class Channel:
             self._link.write_sequence(data)
 
     def ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        """
+        Ack C{delivery_tag} (and every earlier one, with C{multiple}).
+        """
         if self.is_open:
             self._link.write(_codec.basic_ack_frame(self.id, delivery_tag, multiple))
 
     def nack(self, delivery_tag: int, multiple: bool = False, requeue: bool = True) -> None:
+        """
+        Nack C{delivery_tag}: requeue it, or dead-letter it.
+        """
         if self.is_open:
             self.call("basic.nack", delivery_tag=delivery_tag, multiple=multiple, requeue=requeue)
 
     def reject(self, delivery_tag: int, requeue: bool = True) -> None:
+        """
+        Reject C{delivery_tag}: requeue it, or dead-letter it.
+        """
         if self.is_open:
             self.call("basic.reject", delivery_tag=delivery_tag, requeue=requeue)
 
@@ -248,6 +257,9 @@ class Channel:
     def basic_qos(
         self, prefetch_count: int, *, prefetch_size: int = 0, global_: bool = False
     ) -> Deferred[Any]:
+        """
+        Let at most C{prefetch_count} unacked messages come to this channel's consumers.
+        """
         return self.call(
             "basic.qos", prefetch_size=prefetch_size, prefetch_count=prefetch_count, global_=global_
         )
@@ -274,6 +286,9 @@ class Channel:
         )
 
     def basic_cancel(self, consumer_tag: str) -> Deferred[Any]:
+        """
+        Stop the consumer C{consumer_tag}.
+        """
         return self.call("basic.cancel", consumer_tag=consumer_tag)
 
     def basic_get(self, queue: str, *, no_ack: bool = False) -> Deferred[Any]:
@@ -283,6 +298,9 @@ class Channel:
         return self.call("basic.get", queue=queue, no_ack=no_ack)
 
     def confirm_select(self) -> Deferred[Any]:
+        """
+        Turn on publisher confirms on this channel.
+        """
         return self.call("confirm.select")
 
     def queue_declare(
@@ -309,14 +327,23 @@ class Channel:
         )
 
     def queue_delete(self, queue: str, *, if_unused: bool = False, if_empty: bool = False) -> Deferred[Any]:
+        """
+        Delete a queue; fires with how many messages it held.
+        """
         return self.call("queue.delete", queue=queue, if_unused=if_unused, if_empty=if_empty)
 
     def queue_purge(self, queue: str) -> Deferred[Any]:
+        """
+        Delete a queue's ready messages; fires with how many.
+        """
         return self.call("queue.purge", queue=queue)
 
     def queue_bind(
         self, queue: str, exchange: str, routing_key: str = "", arguments: dict[str, Any] | None = None
     ) -> Deferred[Any]:
+        """
+        Bind a queue to an exchange.
+        """
         return self.call(
             "queue.bind", queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments
         )
@@ -324,6 +351,9 @@ class Channel:
     def queue_unbind(
         self, queue: str, exchange: str, routing_key: str = "", arguments: dict[str, Any] | None = None
     ) -> Deferred[Any]:
+        """
+        Remove a queue's binding.
+        """
         return self.call(
             "queue.unbind", queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments
         )
@@ -339,6 +369,9 @@ class Channel:
         internal: bool = False,
         arguments: dict[str, Any] | None = None,
     ) -> Deferred[Any]:
+        """
+        Declare (or, C{passive}, check) an exchange.
+        """
         return self.call(
             "exchange.declare",
             exchange=exchange,
@@ -351,11 +384,17 @@ class Channel:
         )
 
     def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> Deferred[Any]:
+        """
+        Delete an exchange.
+        """
         return self.call("exchange.delete", exchange=exchange, if_unused=if_unused)
 
     def exchange_bind(
         self, destination: str, source: str, routing_key: str = "", arguments: dict[str, Any] | None = None
     ) -> Deferred[Any]:
+        """
+        Route from exchange C{source} to exchange C{destination}.
+        """
         return self.call(
             "exchange.bind",
             destination=destination,
@@ -378,6 +417,9 @@ class Channel:
     # receiving (called by the protocol)
 
     def method_received(self, ms: MethodSpec, args: dict[str, Any]) -> None:
+        """
+        A method frame for this channel (called by the protocol).
+        """
         if ms.content:
             self._content = (ms, args)
             return
@@ -409,6 +451,9 @@ class Channel:
             self._log.warn("channel {id}: unexpected {method}", id=self.id, method=ms.name)
 
     def header_received(self, size: int, props: dict[str, Any]) -> None:
+        """
+        A content header for this channel (called by the protocol).
+        """
         if size == 0:
             self._content_complete(props, b"")
         else:
@@ -426,6 +471,9 @@ class Channel:
                 self._filled = 0
 
     def body_received(self, chunk: bytes) -> None:
+        """
+        A piece of content body for this channel (called by the protocol).
+        """
         into = self._into
         if into is not None:
             end = self._filled + len(chunk)

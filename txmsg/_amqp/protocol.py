@@ -161,7 +161,7 @@ class AMQPProtocol(Protocol):
     def call_after_read(self, f: Callable[[], None]) -> bool:
         """
         Call C{f} once the frames of the read being handled are all handled
-        (e.g. to send one ack for the deliveries it held); L{False}, and
+        (e.g. to send one ack for the deliveries it held); C{False}, and
         nothing done, when no read is being handled.
         """
         if not self._reading:
@@ -260,7 +260,7 @@ class AMQPProtocol(Protocol):
         """
         Hand the payload of the body frame being streamed to its channel (the
         whole read when it is all payload: no copy); return what follows the
-        frame, or L{None} when nothing does.
+        frame, or C{None} when nothing does.
         """
         take = min(self._body_left, len(data))
         channel = self._body_channel

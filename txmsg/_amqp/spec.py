@@ -2,7 +2,7 @@
 The AMQP 0-9-1 specification, with RabbitMQ's extensions, loaded once per process.
 
 The XML ships inside the package (``txmsg/amqp0-9-1.xml``, read with
-L{importlib.resources}); txAMQP's spec loader turns it into its method model,
+C{importlib.resources}); txAMQP's spec loader turns it into its method model,
 which txmsg's own codec compiles into encoders and decoders.
 """
 

@@ -1,5 +1,5 @@
 """
-The C{txmsg} command: publish, listen and call from a shell.
+The C{txmsg} command: publish, listen and call from a shell::
 
     txmsg publish [--url U]... [-e EXCHANGE] [-k ROUTING_KEY] [--json|--text|--bytes]
                   [--persistent] [--mandatory] [--header K=V]... [--property NAME=VALUE]...

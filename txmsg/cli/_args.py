@@ -297,8 +297,8 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
     C{--property} become C{args.headers} and C{args.properties}, and messages
     given as arguments are checked and encoded into C{args.bodies}.
 
-    @param argv: the arguments after the program name; L{None} for C{sys.argv}.
-    @param environ: where C{TXMSG_URL} is read; L{None} for C{os.environ}.
+    @param argv: the arguments after the program name; C{None} for C{sys.argv}.
+    @param environ: where C{TXMSG_URL} is read; C{None} for C{os.environ}.
     @return: the parsed arguments (an C{argparse.Namespace}).
     @raise UsageError: the command line is wrong.
     @raise SystemExit: for C{--help} and C{--version}, after printing them.
@@ -383,7 +383,7 @@ def _parse_headers(items: Sequence[str]) -> dict[str, Any]:
 
 def _header_problem(value: Any) -> str | None:
     """
-    Why C{value} (from JSON) cannot be a header value, or L{None}.
+    Why C{value} (from JSON) cannot be a header value, or C{None}.
     """
     if isinstance(value, str):
         try:

@@ -37,7 +37,7 @@ class Death:
     @ivar detail: the failure's text and txmsg's verdict, if known.
     @ivar queue: the queue it died in (before the dead-letter queue).
     @ivar exchange: where it was first published: exchange and routing key
-        (L{None}: unknown, so it cannot be replayed to where it first went).
+        (C{None}: unknown, so it cannot be replayed to where it first went).
     @ivar attempts: the attempts txmsg counted, if it did.
     @ivar when: when it first failed or died, if known.
     """
@@ -124,7 +124,7 @@ async def take(channel: Channel, queue: str) -> tuple[int, Message] | None:
     """
     The next message of C{queue} (C{basic.get}, unacked: it goes back to the
     queue, in its place, when the channel closes unless it is acked), with
-    its delivery tag; L{None} once the queue has no more for this channel.
+    its delivery tag; C{None} once the queue has no more for this channel.
     """
     got = await channel.basic_get(queue)
     if isinstance(got, dict):  # basic.get-empty

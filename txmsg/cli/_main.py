@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     The C{txmsg} console script.
 
-    @param argv: the arguments after the program name; L{None} for C{sys.argv}.
+    @param argv: the arguments after the program name; C{None} for C{sys.argv}.
     @return: the exit code (see L{txmsg.exits.TABLE}).
     """
     io = Io()

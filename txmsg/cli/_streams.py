@@ -147,7 +147,7 @@ class _HangupWatcher:
     @classmethod
     def watch(cls, reactor: Any, stream: IO[bytes], on_hangup: Callable[[], None]) -> _HangupWatcher | None:
         """
-        Watch C{stream} if it is a pipe; else L{None}.
+        Watch C{stream} if it is a pipe; else C{None}.
         """
         try:
             fd = stream.fileno()

@@ -1,5 +1,5 @@
 """
-C{txmsg dlq}: see why messages died, and send them back.
+C{txmsg dlq}: see why messages died, and send them back::
 
     txmsg dlq list QUEUE                 how many, grouped by reason and origin
     txmsg dlq show QUEUE [-n N] [--json] the messages with their death records

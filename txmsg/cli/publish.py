@@ -35,7 +35,7 @@ class _BadInput(Exception):
 
 def _line_body(format: str, line: bytes) -> bytes | None:
     """
-    The body for one line of standard input, or L{None} to skip it.
+    The body for one line of standard input, or C{None} to skip it.
 
     @raise _BadInput: the line is not valid in C{format}.
     """

@@ -1,7 +1,7 @@
 """
 A deterministic in-memory RabbitMQ for users' tests, like C{treq.testing} for
 HTTP: txmsg's own L{Connection} talks to it in real AMQP 0-9-1 frames over an
-in-memory transport, and a L{Clock} stands in for time, so a test steps
+in-memory transport, and a C{Clock} stands in for time, so a test steps
 everything explicitly and nothing waits on the wall clock::
 
     broker = MemoryBroker()
@@ -84,7 +84,7 @@ class MemoryBroker:
 
     @param max_message_size: the largest body it takes (default: the
         version's).
-    @ivar clock: the L{Clock} every connection of this broker runs on.
+    @ivar clock: the C{Clock} every connection of this broker runs on.
     """
 
     def __init__(
@@ -147,6 +147,9 @@ class MemoryBroker:
         return [m.body for m in self.state.queues[queue].messages]
 
     def has_queue(self, name: str) -> bool:
+        """
+        Whether a queue of this name exists.
+        """
         return name in self.state.queues
 
     # --- faults for users' tests ------------------------------------------------
