@@ -81,15 +81,35 @@ class _Call:
 class RpcClient:
     """
     Call RPC servers.  Many calls may be in flight at once on one connection,
-    told apart by C{correlation_id}.  Replies come on RabbitMQ's direct
-    reply-to by default, or on an exclusive queue of this client's own with
-    C{reply_queue=True}.
+    told apart by C{correlation_id}.
+
+    @param reply_queue: replies come on RabbitMQ's direct reply-to by default;
+        C{True} gives this client a queue of its own instead, named
+        C{txmsg.reply.<random>} by the client (so that requests sent again
+        after a reconnect still reach it), exclusive and auto-delete (it goes
+        with the client's connection), declared again on every connection.
+    @param mandatory: publish requests C{mandatory} (the default): with no
+        queue bound to the key the broker returns the request and the call
+        fails at once with L{NoServer}; C{False}: such a call times out.
+    @param expire: give each request an C{expiration} of the time its call
+        has left (the default), so that a server does not start on a request
+        whose caller already gave up; C{False}: requests wait in their queue
+        however long it takes.
     """
 
     _log = Logger()
 
-    def __init__(self, connection: Connection, *, reply_queue: bool = False) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        reply_queue: bool = False,
+        mandatory: bool = True,
+        expire: bool = True,
+    ) -> None:
         self.connection = connection
+        self.mandatory = mandatory
+        self.expire = expire
         self._calls: dict[str, _Call] = {}
         self._reply_queue: Queue | None = None
         if reply_queue:
@@ -221,15 +241,17 @@ class RpcClient:
         return d
 
     def _send(self, cid: str, call: _Call, left: float) -> None:
+        properties = call.properties
+        if self.expire and "expiration" not in properties:
+            properties = {**properties, "expiration": max(1, int(left * 1000))}
         published = self.producer.publish(
             call.exchange,
             call.routing_key,
             call.payload,
-            mandatory=True,
+            mandatory=self.mandatory,
             correlation_id=cid,
             reply_to=self.reply_to,
-            expiration=max(1, int(left * 1000)),
-            **call.properties,
+            **properties,
         )
         call.published = published  # until written, at once in the usual case
         published.addCallbacks(
