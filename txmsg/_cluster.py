@@ -67,6 +67,10 @@ class ClusterEndpoint:
         self.current = self.params[0]
         #: called with each URL that did not accept a connection
         self.on_failure = on_failure
+        #: the next attempt tries only the broker of the connection just lost
+        #: (replacing a cut connection at once must not fail over to a node
+        #: whose queues are still electing a leader)
+        self.current_only = False
 
     def __repr__(self) -> str:
         return f"<ClusterEndpoint {safe_urls(self.params)}>"
@@ -77,7 +81,9 @@ class ClusterEndpoint:
         Connect C{protocolFactory} to the first broker that accepts (C{IStreamClientEndpoint}).
         """
         errors = []
-        for params in self.params:
+        candidates = [self.current] if self.current_only else self.params
+        self.current_only = False
+        for params in candidates:
             self.current = params
             self._log.info("connecting to {url}", url=params.safe_url)
             try:

@@ -83,6 +83,13 @@ def _describe(item: Any) -> str:
     return describe() if callable(describe) else repr(item)
 
 
+#: a connection lost after it had been ready for this many seconds is replaced
+#: at once, by one to the same broker (a healthy broker, a cut); if that fails,
+#: and for a connection lost sooner (a broker that drops each connection as it
+#: opens), the retry policy's backoff and the cluster's other nodes follow
+QUICK_RETRY_AFTER = 0.25
+
+
 class ChannelOpener:
     """
     What a ready hook is given: it opens channels on the connection that was
@@ -168,6 +175,10 @@ class Connection(Service):
         self.last_failure: FailedAttempt | None = None
         self._policy = retry_policy or backoffPolicy(initialDelay=0.5, maxDelay=30.0)
         self._failures = 0
+        #: when the live connection became ready, and whether its loss is
+        #: retried at once (see L{QUICK_RETRY_AFTER})
+        self._ready_at = 0.0
+        self._retry_now = False
         self.protocol: AMQPProtocol | None = None
         #: opens channels on the live connection (what ready hooks get)
         self.opener: ChannelOpener | None = None
@@ -207,6 +218,7 @@ class Connection(Service):
         self._stopped = False
         self._fatal = None
         self._failures = 0
+        self._retry_now = False
         self._service = ClientService(
             self.endpoint,
             _Factory(self),
@@ -452,6 +464,11 @@ class Connection(Service):
     # connection life cycle
 
     def _retry_delay(self, attempt: int) -> float:
+        if self._retry_now:
+            # a connection that had been up a while was lost: replace it at once
+            # (a broker that is really gone gets the backoff from the next attempt)
+            self._retry_now = False
+            return 0.0
         # ClientService counts a connection that reached prepareConnection as a
         # success; txmsg counts only a ready connection as one, so the backoff
         # grows across handshake failures too.
@@ -479,6 +496,7 @@ class Connection(Service):
 
         def ready(_: object) -> None:
             self._failures = 0
+            self._ready_at = self.reactor.seconds()
             self.last_failure = None
             self.protocol = protocol
             self.opener = opener
@@ -549,6 +567,8 @@ class Connection(Service):
             self.protocol = None
             self.opener = None
             self._control = None
+            self._retry_now = self.reactor.seconds() - self._ready_at >= QUICK_RETRY_AFTER
+            self.endpoint.current_only = self._retry_now
 
     def _stop_after_fatal(self) -> None:
         if self.running:

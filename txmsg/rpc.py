@@ -104,6 +104,10 @@ class RpcServer(DeclaringService):
         that fails (or raises L{Retry}) has its request tried again later,
         held by the broker, and only its last attempt is answered with the
         error (L{Reject} dead-letters the request at once, unanswered).
+    @param auto_ack: consume requests without acks (C{no_ack}): the broker
+        forgets a request as it sends it, which saves it and the server an
+        ack per call; a request in flight when the server dies is lost (its
+        caller times out), and prefetch does not apply.
     """
 
     _log = Logger()
@@ -123,9 +127,13 @@ class RpcServer(DeclaringService):
         persistent_replies: bool = False,
         max_redeliveries: int = DEFAULT_MAX_REDELIVERIES,
         retry: RetryPolicy | None = None,
+        auto_ack: bool = False,
     ) -> None:
+        if auto_ack and retry is not None:
+            raise ValueError("auto_ack takes no retry policy: a request is gone once it is delivered")
         super().__init__(connection)
         self.retry = retry
+        self.auto_ack = auto_ack
         self.handler = handler
         self.server_id = server_id or default_server_id()
         if len(self.server_id.encode("utf-8")) > 255:
@@ -167,6 +175,7 @@ class RpcServer(DeclaringService):
                 max_redeliveries=max_redeliveries,
                 # a server-named queue gets a new name on each connection: no retries come back to it
                 retry=retry if not (isinstance(q, Queue) and not q.name) else None,
+                acks="none" if auto_ack else "auto",
             )
             for q in queues
         ]

@@ -206,6 +206,8 @@ def _check_rpc_server(options: Options) -> None:
     if (options["binds"] or options["broadcast"]) and not options["exchange"]:
         raise usage.UsageError("--bind and --broadcast need --exchange")
     _check_retry(options)
+    if options["no-ack"] and options["retry"] is not None:
+        raise usage.UsageError("--no-ack takes no --retry: a request is gone once it is delivered")
 
 
 def _build_rpc_server(options: Options, connection: Connection, reactor: Any) -> Built:
@@ -221,6 +223,7 @@ def _build_rpc_server(options: Options, connection: Connection, reactor: Any) ->
         prefetch=options["prefetch"],
         concurrency=options["concurrency"],
         retry=options.get("retry_policy"),
+        auto_ack=bool(options["no-ack"]),
     )
     return Built(server, server.consumers, server.producer)
 
@@ -358,7 +361,11 @@ class Options(usage.Options):
         ],
         ["quorum", None, "Declare a quorum queue (x-queue-type quorum; durable)."],
         ["ignore-self", None, "fanout: do not hear this peer's own shouts."],
-        ["no-ack", None, "consumer: consume without acks (fast; a message whose handler fails is lost)."],
+        [
+            "no-ack",
+            None,
+            "consumer, rpc-server: consume without acks (fast; a message in flight when it fails is lost).",
+        ],
     ]
 
     def __init__(self) -> None:

@@ -398,3 +398,43 @@ def test_ready_hooks_get_a_channel_opener_not_the_protocol() -> None:
     given[0]().addCallback(opened.append)
     endpoint.protocols[-1].dataReceived(method(1, "channel.open-ok"))
     assert opened and opened[0].is_open
+
+
+def test_a_connection_lost_after_a_while_is_replaced_at_once_a_fresh_one_waits_the_backoff() -> None:
+    """
+    A connection that had been ready for a few seconds and is lost is
+    replaced at once (no backoff); one lost within a quarter second of being
+    ready waits the retry policy, so a broker that drops every connection is not
+    hammered.
+    """
+    clock = Clock()
+    conn, endpoint = make_connection(clock)
+    conn.startService()
+    handshake(endpoint.protocols[-1])
+    clock.advance(5)
+    lose(endpoint.protocols[-1])
+    clock.advance(0)
+    assert len(endpoint.protocols) == 2  # a new attempt without waiting
+    handshake(endpoint.protocols[-1])
+    clock.advance(0.1)
+    lose(endpoint.protocols[-1])
+    clock.advance(0.01)
+    assert len(endpoint.protocols) == 2  # lost right after ready: the backoff
+    clock.advance(60)
+    assert len(endpoint.protocols) == 3
+
+
+def test_replacing_a_lost_connection_at_once_tries_only_its_own_broker() -> None:
+    """
+    The immediate attempt after a cut goes to the broker of the lost
+    connection only (a cluster's other nodes may still be electing a
+    queue's leader); the attempts after it go through the list again.
+    """
+    a, b = FakeParams("a", refuse=True), FakeParams("b", refuse=True)
+    ep = ClusterEndpoint([a, b], Clock())  # type: ignore[list-item]
+    ep.current = b  # type: ignore[assignment]
+    ep.current_only = True
+    ep.connect(None).addErrback(lambda _: None)
+    assert (a.attempts, b.attempts) == (0, 1)
+    ep.connect(None).addErrback(lambda _: None)
+    assert (a.attempts, b.attempts) == (1, 2)

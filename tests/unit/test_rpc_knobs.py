@@ -58,3 +58,28 @@ def test_without_mandatory_and_expire_a_call_waits_out_its_timeout_and_requests_
     assert served == ["ok"] and unserved == [] and seen[0].expiration is None
     broker.flush(6)
     assert unserved[0].check(RpcTimeout)
+
+
+def test_an_auto_ack_server_answers_and_leaves_nothing_unacked() -> None:
+    """
+    RpcServer(auto_ack=True) consumes without acks: calls are answered and
+    the broker holds no request unacked; with a retry policy it is refused.
+    """
+    import pytest
+
+    from txmsg import RetryPolicy
+
+    broker = MemoryBroker()
+    server = RpcServer(broker.connection(), "svc", lambda m: m.payload * 2, auto_ack=True)
+    server.startService()
+    client = RpcClient(broker.connection())
+    broker.flush()
+    out: list[Any] = []
+    for n in range(3):
+        client.call("svc", n).addBoth(out.append)
+    broker.flush()
+    assert out == [0, 2, 4]
+    assert all(not ch.unacked for _, srv, _ in broker._links for ch in srv.channels.values())
+    assert server.consumers[0].acks == "none"
+    with pytest.raises(ValueError):
+        RpcServer(broker.connection(), "svc", lambda m: None, auto_ack=True, retry=RetryPolicy())
