@@ -107,9 +107,6 @@ class ChannelOpener:
         """
         return self._protocol.open_channel()
 
-    def __repr__(self) -> str:
-        return f"<ChannelOpener {self._protocol.params.safe_url}>"
-
     @property
     def is_open(self) -> bool:
         """
@@ -179,6 +176,8 @@ class Connection(Service):
         #: retried at once (see L{QUICK_RETRY_AFTER})
         self._ready_at = 0.0
         self._retry_now = False
+        #: attempts made at once since the last ready connection (not counted by the backoff)
+        self._quick = 0
         self.protocol: AMQPProtocol | None = None
         #: opens channels on the live connection (what ready hooks get)
         self.opener: ChannelOpener | None = None
@@ -336,9 +335,8 @@ class Connection(Service):
     @inlineCallbacks
     def check_exchange(self, name: str) -> Any:
         """
-        Ask the broker once whether exchange C{name} exists (a passive
-        C{exchange.declare}, adding nothing to the topology): fire with
-        C{None}, or fail with L{NotFound}.  (The default exchange C{""} always exists.)
+        Ask the broker once whether exchange C{name} exists (as L{queue_info}
+        does for a queue): fire with C{None}, or fail with L{NotFound}.
         """
         if not name:
             return None
@@ -466,13 +464,15 @@ class Connection(Service):
     def _retry_delay(self, attempt: int) -> float:
         if self._retry_now:
             # a connection that had been up a while was lost: replace it at once
-            # (a broker that is really gone gets the backoff from the next attempt)
+            # (a broker that is really gone gets the backoff from the next
+            # attempt, starting where it would have without this one)
             self._retry_now = False
+            self._quick = 1
             return 0.0
         # ClientService counts a connection that reached prepareConnection as a
         # success; txmsg counts only a ready connection as one, so the backoff
         # grows across handshake failures too.
-        return self._policy(max(attempt, self._failures))
+        return self._policy(max(attempt - self._quick, self._failures, 1))
 
     def _prepare(self, proxy: IProtocol) -> Deferred[None]:
         """
@@ -496,6 +496,7 @@ class Connection(Service):
 
         def ready(_: object) -> None:
             self._failures = 0
+            self._quick = 0
             self._ready_at = self.reactor.seconds()
             self.last_failure = None
             self.protocol = protocol

@@ -144,3 +144,24 @@ def test_every_module_has_a_layer() -> None:
         m for m in MODULES if not any(m == n or m.startswith(n + ".") for n in LAYERS if n != "txmsg")
     ]
     assert unplaced == ["txmsg"], unplaced
+
+
+def test_the_readmes_architecture_table_is_this_layering() -> None:
+    """
+    The README's "Architecture" table names every module of LAYERS in its layer, and no other.
+    """
+    import re
+
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    placed: dict[str, int] = {}
+    for row in re.findall(r"^\| (\d) [^|]+\| ([^|]+)\|", section, flags=re.M):
+        layer, modules = int(row[0]), row[1]
+        for name in re.findall(
+            r"`([^`]+)`", modules.split("(")[0] if modules.startswith("`_amqp/`") else modules
+        ):
+            name = name.rstrip("/")
+            module = "txmsg" if name == "txmsg/__init__" else f"txmsg.{name}"
+            placed[module] = layer
+    expected = {name: layer for name, layer in LAYERS.items()}
+    assert placed == expected, (sorted(set(placed.items()) ^ set(expected.items())),)
