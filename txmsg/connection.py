@@ -323,13 +323,7 @@ class Connection(Service):
         C{Queue(name, passive=True)}, this adds nothing to the topology
         replayed on reconnect.
         """
-        protocol = yield self._live()
-        channel = yield protocol.open_channel()
-        try:
-            ok = yield channel.queue_declare(name, passive=True)
-        finally:
-            if channel.is_open:
-                channel.close()
+        ok = yield self._ask(lambda channel: channel.queue_declare(name, passive=True))
         return QueueInfo(ok["queue"], ok["message_count"], ok["consumer_count"])
 
     @inlineCallbacks
@@ -340,14 +334,20 @@ class Connection(Service):
         """
         if not name:
             return None
+        yield self._ask(lambda channel: channel.exchange_declare(name, passive=True))
+        return None
+
+    @inlineCallbacks
+    def _ask(self, question: Callable[[Channel], Deferred[Any]]) -> Any:
+        """C{question(channel)} on a channel of its own, closed after the answer."""
         protocol = yield self._live()
         channel = yield protocol.open_channel()
         try:
-            yield channel.exchange_declare(name, passive=True)
+            answer = yield question(channel)
         finally:
             if channel.is_open:
                 channel.close()
-        return None
+        return answer
 
     def add_ready_hook(self, hook: ReadyHook) -> None:
         """

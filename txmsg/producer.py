@@ -351,9 +351,7 @@ class Producer:
         self._channel = None
         for p in pending:
             self._settle(p, reason)
-        ready_waiters, self._ready_waiters = self._ready_waiters, []
-        for w in ready_waiters:
-            w.errback(reason)
+        self._fail_ready_waiters(reason)
 
     def _on_ready(self, opener: ChannelOpener) -> Deferred[Any]:
         self._opener = opener
@@ -472,10 +470,13 @@ class Producer:
             ),
         )
 
-    def _fail_waiting(self, reason: Failure) -> None:
-        ready_waiters, self._ready_waiters = self._ready_waiters, []
-        for w in ready_waiters:
+    def _fail_ready_waiters(self, reason: Failure) -> None:
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for w in waiters:
             w.errback(reason)
+
+    def _fail_waiting(self, reason: Failure) -> None:
+        self._fail_ready_waiters(reason)
         waiting, self._waiting = list(self._waiting), deque()
         for pending in waiting:
             self._settle(pending, reason)

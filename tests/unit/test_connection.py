@@ -83,7 +83,10 @@ class TransportEndpoint:
         return succeed(proto)
 
 
-def handshake(proto: Any) -> None:
+def start(proto: Any) -> None:
+    """
+    The broker's connection.start: the client answers with its login.
+    """
     proto.dataReceived(
         method(
             0,
@@ -95,6 +98,10 @@ def handshake(proto: Any) -> None:
             locales=b"en_US",
         )
     )
+
+
+def handshake(proto: Any) -> None:
+    start(proto)
     proto.dataReceived(method(0, "connection.tune", channel_max=0, frame_max=131072, heartbeat=0))
     proto.dataReceived(method(0, "connection.open-ok"))
 
@@ -139,17 +146,7 @@ def test_fatal_error_stops_retrying_and_fails_waiters() -> None:
     failures: list[Any] = []
     waiter.addErrback(failures.append)
     [proto] = ep.protocols
-    proto.dataReceived(
-        method(
-            0,
-            "connection.start",
-            version_major=0,
-            version_minor=9,
-            server_properties={},
-            mechanisms=b"PLAIN",
-            locales=b"en_US",
-        )
-    )
+    start(proto)
     proto.dataReceived(
         method(0, "connection.close", reply_code=403, reply_text="ACCESS_REFUSED", class_id=0, method_id=0)
     )
@@ -357,17 +354,7 @@ def test_last_failure_says_why_the_last_attempt_failed_and_clears_once_connected
     conn, endpoint = make_connection(clock)
     conn.startService()
     proto = endpoint.protocols[-1]
-    proto.dataReceived(
-        method(
-            0,
-            "connection.start",
-            version_major=0,
-            version_minor=9,
-            server_properties={},
-            mechanisms=b"PLAIN",
-            locales=b"en_US",
-        )
-    )
+    start(proto)
     proto.dataReceived(method(0, "connection.tune", channel_max=0, frame_max=131072, heartbeat=0))
     proto.dataReceived(
         method(

@@ -16,7 +16,7 @@ from txmsg import AuthenticationError, Connection, Producer
 from txmsg.errors import NotFound
 from txmsg.producer import Nacked, PublishTimeout, Unroutable
 
-from .test_connection import handshake, lose, make_connection
+from .test_connection import handshake, lose, make_connection, start
 from .test_protocol import method, parse_frames
 
 
@@ -333,17 +333,7 @@ def test_unconfirmed_and_waiting_publishes_fail_when_the_connection_stops(how: s
     else:
         lose(b.proto)
         b.clock.advance(5)
-        b.proto.dataReceived(
-            method(
-                0,
-                "connection.start",
-                version_major=0,
-                version_minor=9,
-                server_properties={},
-                mechanisms=b"PLAIN",
-                locales=b"en_US",
-            )
-        )
+        start(b.proto)
         b.proto.dataReceived(
             method(
                 0, "connection.close", reply_code=403, reply_text="ACCESS_REFUSED", class_id=0, method_id=0

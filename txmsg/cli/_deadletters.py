@@ -13,7 +13,7 @@ import datetime as _dt
 from dataclasses import dataclass
 from typing import Any
 
-from txmsg.connection import Channel, Connection
+from txmsg.connection import Channel
 from txmsg.message import Message
 from txmsg.retry import (
     ATTEMPTS_HEADER,
@@ -107,17 +107,6 @@ def _text(value: Any) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
-
-
-async def open_queue(connection: Connection, name: str) -> tuple[Channel, int]:
-    """
-    A channel and the depth of queue C{name}.
-
-    @raise txmsg.errors.NotFound: there is no such queue.
-    """
-    channel: Channel = await connection.channel()
-    ok = await channel.queue_declare(name, passive=True)  # NotFound closes the channel
-    return channel, int(ok["message_count"])
 
 
 async def take(channel: Channel, queue: str) -> tuple[int, Message] | None:

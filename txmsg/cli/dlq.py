@@ -25,7 +25,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.python.failure import Failure
 
 from txmsg._render import jsonable, message_to_json, one_line, readable_line
-from txmsg.cli._deadletters import Death, death_of, open_queue, take
+from txmsg.cli._deadletters import Death, death_of, take
 from txmsg.cli._errors import CommandFailed
 from txmsg.cli._io import Io, _connect, _stop
 from txmsg.connection import Connection
@@ -47,7 +47,8 @@ async def dlq(reactor: Any, args: Any, io: Io) -> int:
     try:
         await _connect(reactor, connection, args.timeout, io)
         try:
-            channel, depth = await io.interruptible(ensureDeferred(open_queue(connection, args.queue)))
+            depth = (await io.interruptible(connection.queue_info(args.queue))).message_count
+            channel = await io.interruptible(connection.channel())
         except NotFound as e:
             raise CommandFailed(EXIT_NOINPUT, f"queue {args.queue!r} not found: {e}") from None
         if args.action == "purge":
