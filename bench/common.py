@@ -15,6 +15,8 @@ URL = os.environ.get("TXMSG_URL", "amqp://guest:guest@localhost:5672/%2F")
 #: consume: acknowledge every this many messages (multiple=True), for every client
 ACK_EVERY = 100
 PREFETCH = 1000
+#: RPC: calls made (and checked) before the timed ones
+WARMUP = 20
 _STAMP = struct.Struct("!d")
 
 
@@ -124,6 +126,77 @@ def cpu() -> float:
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def request(i: int, size: int) -> bytes:
+    """
+    RPC request number C{i}: C{size} bytes (at least 8), unique to it, so that
+    the reply can be checked against it.
+    """
+    return b"%08d" % i + b"x" * max(0, size - 8)
+
+
+def check(answer: bytes, sent: bytes) -> None:
+    if bytes(answer) != sent:
+        raise AssertionError(f"the reply {bytes(answer[:12])!r}... is not the request {sent[:12]!r}...")
+
+
+def rpc_result(latencies: list[float], elapsed: float, spent: float) -> dict[str, Any]:
+    return {"cpu": spent, "elapsed": elapsed, "count": len(latencies), "latencies": latencies}
+
+
+async def _calls(call: Any, p: dict[str, Any], gather: Any) -> dict[str, Any]:
+    """
+    L{WARMUP} calls one at a time, then C{p["n"]} timed ones from
+    C{p["inflight"]} callers at once (C{gather} runs their coroutines
+    together on the client's event loop), each waiting for its reply before
+    its next call; C{call(body)} returns an awaitable of the reply's body,
+    which must be the request's.  Every call's latency is kept, and the
+    timed part's CPU.
+    """
+    size = p["size"]
+    for i in range(WARMUP):
+        data = request(i, size)
+        check(await call(data), data)
+    n, inflight = p["n"], p.get("inflight", 1)
+    numbers = iter(range(WARMUP, WARMUP + n))
+    latencies: list[float] = []
+    clock = time.perf_counter
+
+    async def caller() -> None:
+        for i in numbers:
+            data = request(i, size)
+            t0 = clock()
+            answer = await call(data)
+            latencies.append(clock() - t0)
+            check(answer, data)
+
+    start, c0 = clock(), cpu()
+    if inflight == 1:
+        await caller()
+    else:
+        await gather([caller() for _ in range(inflight)])
+    return rpc_result(latencies, clock() - start, cpu() - c0)
+
+
+async def calls_twisted(call: Any, p: dict[str, Any]) -> dict[str, Any]:
+    """
+    An RPC client's calls on Twisted (see L{_calls}).
+    """
+    from twisted.internet.defer import ensureDeferred, gatherResults
+
+    return await _calls(
+        call, p, lambda callers: gatherResults([ensureDeferred(c) for c in callers], consumeErrors=True)
+    )
+
+
+async def calls_asyncio(call: Any, p: dict[str, Any]) -> dict[str, Any]:
+    """
+    An RPC client's calls on asyncio (see L{_calls}).
+    """
+    import asyncio
+
+    return await _calls(call, p, lambda callers: asyncio.gather(*callers))
 
 
 def scenario_table(

@@ -12,8 +12,10 @@ run, deleted after; publishing is timed until the broker reports every
 message queued; confirms are pipelined (except pika's blocking connection,
 whose API waits for each); consumers use prefetch 1000 and ack every 100
 messages with multiple=True (txmsg: its own batching, one multiple ack per
-read); RPC calls one at a time against an echo server of the same library in
-another process, each client with an exclusive reply queue; end to end runs
+read); RPC against an echo server of the same library in another process,
+each client with an exclusive server-named reply queue consumed without
+acks, 20 warm-up calls, every request body unique and every reply checked
+against it, client CPU per call (the server's beside it); end to end runs
 publisher and consumer in separate processes and measures latency from a
 timestamp in each body.  After the e2e rows, txmsg runs end to end again with
 its publisher paced to the fastest other client's e2e throughput: its latency
@@ -23,7 +25,13 @@ Scenarios:
   publish      N messages, no confirms
   confirm      N messages with publisher confirms
   consume      N queued messages
-  rpc          --rpc-calls round trips, one in flight
+  rpc          --rpc-calls round trips, one in flight; each server as fast as its
+               library's docs make it: consuming with auto-ack (txmsg: auto_ack=True,
+               requests without mandatory and expiration)
+  rpc-tutorial the same, written as RabbitMQ's RPC tutorial: the server at prefetch 1
+               acking each request after its reply (txmsg: its defaults)
+  rpc-pipelined 5 x --rpc-calls round trips from 100 callers at once on one
+               connection (a web handler fanning out), servers as in "rpc"
   e2e          N messages from a publisher process to a consumer process: msg/s, p50/p99 latency
   consume-10k  N/2 queued 10 KB messages
   publish-10k  N/2 10 KB messages, no confirms: the publisher's peak memory
@@ -59,6 +67,8 @@ SCENARIOS = (
     "confirm",
     "consume",
     "rpc",
+    "rpc-tutorial",
+    "rpc-pipelined",
     "e2e",
     "consume-10k",
     "publish-10k",
@@ -103,6 +113,23 @@ class Run:
     rss_mb: float
     p50_ms: float | None = None
     p99_ms: float | None = None
+    #: RPC: the server's CPU per call (cpu_us is the client's)
+    server_cpu_us: float | None = None
+
+
+#: the RPC scenarios: how the server consumes, how many calls are in flight,
+#: whether txmsg runs with its defaults; calls per run, in --rpc-calls
+RPC = {
+    "rpc": {"ack": False, "prefetch": common.PREFETCH, "inflight": 1, "defaults": False, "scale": 1},
+    "rpc-tutorial": {"ack": True, "prefetch": 1, "inflight": 1, "defaults": True, "scale": 1},
+    "rpc-pipelined": {
+        "ack": False,
+        "prefetch": common.PREFETCH,
+        "inflight": 100,
+        "defaults": False,
+        "scale": 5,
+    },
+}
 
 
 @dataclass
@@ -169,17 +196,8 @@ def measure(client: str, scenario: str, s: Settings) -> Run:
             common.fill(queue, count, size)
             r = start(client, "consume", {"queue": queue, "n": count, "size": size}).result(s.timeout)
             return Run(count / r["elapsed"], r["cpu"] / count * 1e6, r["maxrss_mb"])
-        if scenario == "rpc":
-            server = start(client, "rpc-server", {"queue": queue, "n": s.rpc_calls})
-            server.wait_ready()
-            try:
-                r = start(client, "rpc", {"queue": queue, "n": s.rpc_calls, "size": 100}).result(s.timeout)
-            except Exception:
-                server.proc.kill()  # it would wait for calls that never come
-                raise
-            served = server.result(60)
-            calls = r["count"]
-            return Run(calls / r["elapsed"], (r["cpu"] + served["cpu"]) / calls * 1e6, r["maxrss_mb"])
+        if scenario in RPC:
+            return rpc(client, queue, RPC[scenario], s)
         if scenario == "e2e":
             return end_to_end(client, queue, s)
         mb = large_mb(scenario)
@@ -194,6 +212,38 @@ def measure(client: str, scenario: str, s: Settings) -> Run:
             common.delete(queue)
         except Exception:  # noqa: BLE001, S110 - a server-side queue that is already gone
             pass
+
+
+def rpc(client: str, queue: str, style: dict[str, Any], s: Settings) -> Run:
+    """
+    An echo server process and a client process: calls/s, the client's CPU
+    per call (the server's beside it), p50/p99 of every call's round trip.
+    """
+    calls = s.rpc_calls * style["scale"]
+    server = start(
+        client,
+        "rpc-server",
+        {"queue": queue, "n": calls + common.WARMUP, "ack": style["ack"], "prefetch": style["prefetch"]},
+    )
+    server.wait_ready()
+    try:
+        params = {"queue": queue, "n": calls, "size": 100, "inflight": style["inflight"]}
+        r = start(client, "rpc", {**params, "defaults": style["defaults"]}).result(s.timeout)
+    except Exception:
+        server.proc.kill()  # it would wait for calls that never come
+        raise
+    served = server.result(60)
+    if served["served"] != calls + common.WARMUP or r["count"] != calls:
+        raise RuntimeError(f"{r['count']} calls timed, the server answered {served['served']}")
+    latencies = r["latencies"]
+    return Run(
+        calls / r["elapsed"],
+        r["cpu"] / calls * 1e6,
+        r["maxrss_mb"],
+        common.percentile(latencies, 0.5) * 1000,
+        common.percentile(latencies, 0.99) * 1000,
+        served["cpu"] / calls * 1e6,
+    )
 
 
 def end_to_end(client: str, queue: str, s: Settings, rate: float | None = None) -> Run:
@@ -252,7 +302,7 @@ def at_peer_rate(
     )
 
 
-UNITS = {"rpc": "calls/s"}
+UNITS = {"rpc": "calls/s", "rpc-tutorial": "calls/s", "rpc-pipelined": "calls/s"}
 
 
 def report(
@@ -260,7 +310,7 @@ def report(
 ) -> str:
     out = [f"median of {rounds} interleaved rounds; ratio: to the fastest other client in the row", ""]
     header = (
-        f"{'scenario':12} {'client':14} {'rate':>10} {'unit':8} {'min-max':>19} {'ratio':>7} "
+        f"{'scenario':13} {'client':14} {'rate':>10} {'unit':8} {'min-max':>19} {'ratio':>7} "
         f"{'CPU us/msg':>10} {'RSS MB':>7} {'p50/p99 ms':>14}"
     )
     out.append(header)
@@ -285,13 +335,50 @@ def report(
             if runs[0].p50_ms is not None:
                 p50 = statistics.median(r.p50_ms or 0 for r in runs)
                 p99 = statistics.median(r.p99_ms or 0 for r in runs)
-                lat = f"{p50:,.0f} / {p99:,.0f}"
+                lat = f"{p50:,.2f} / {p99:,.2f}" if p99 < 10 else f"{p50:,.0f} / {p99:,.0f}"
             out.append(
-                f"{scenario:12} {client:14} {rate:>10,.0f} {unit(scenario):8} "
+                f"{scenario:13} {client:14} {rate:>10,.0f} {unit(scenario):8} "
                 f"{lo:>9,.0f}-{hi:<9,.0f} {ratio:>7} {cpu:>10.1f} {rss:>7.0f} {lat:>14}"
             )
         out.append("")
     return "\n".join(out)
+
+
+#: the rows of the CPU summary, and what a message is in each
+CPU_ROWS = ("publish", "confirm", "consume", "e2e", "rpc", "rpc-tutorial", "rpc-pipelined")
+
+
+def cpu_summary(results: dict[tuple[str, str], list[Run]], clients: list[str], scenarios: list[str]) -> str:
+    """
+    A line per client: its median client CPU per message (per call for RPC,
+    both processes for e2e) in each row, and, in brackets, that over the
+    lowest other client's.
+    """
+    rows = [sc for sc in CPU_ROWS if sc in scenarios]
+    if not rows:
+        return ""
+    medians = {
+        (c, sc): statistics.median(r.cpu_us for r in results[(c, sc)])
+        for c in clients
+        for sc in rows
+        if (c, sc) in results
+    }
+    out = [
+        "client CPU us per message (RPC: per call, the client's; e2e: both processes), "
+        "(x the lowest other client's):"
+    ]
+    for client in clients:
+        cells = []
+        for sc in rows:
+            mine = medians.get((client, sc))
+            if mine is None:
+                continue
+            others = [v for (c, r), v in medians.items() if r == sc and c != client]
+            ratio = f" ({mine / min(others):.2f}x)" if others else ""
+            cells.append(f"{sc} {mine:,.1f}{ratio}")
+        if cells:
+            out.append(f"  {client:14} " + "  ".join(cells))
+    return "\n".join(out) + "\n"
 
 
 def by_size(results: dict[tuple[str, str], list[Run]], clients: list[str], scenarios: list[str]) -> str:
@@ -405,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 results.setdefault((client, scenario), []).append(run)
                 print(
-                    f"round {rnd + 1} {scenario:12} {client:14} {run.rate:>10,.0f} {unit(scenario)}",
+                    f"round {rnd + 1} {scenario:13} {client:14} {run.rate:>10,.0f} {unit(scenario)}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -414,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{settings.rpc_calls:,} RPC calls, broker {common.URL.split('@')[-1]}, {os.cpu_count()} CPUs"
     )
     print(report(results, clients, scenarios, rounds))
+    spent = cpu_summary(results, clients, scenarios)
+    if spent:
+        print(spent)
     sizes = by_size(results, clients, scenarios)
     if sizes:
         print(sizes)

@@ -31,6 +31,8 @@ def run_handler(handler: Callable[[Any], Any], message: Any) -> Any:
         result = handler(message)
     except Exception:  # noqa: BLE001 - the handler's failure is the outcome
         return Failure()
+    if result is None:
+        return None  # the usual synchronous handler: nothing more to ask
     if isinstance(result, Deferred):
         return result
     if inspect.isawaitable(result):

@@ -29,7 +29,10 @@ from txmsg._deliveries import ACK_MODES, AUTO, MANUAL, NONE, AlreadySettled, Del
 from txmsg._outcome import Reject, Requeue, Retry, delivery_count
 from txmsg.connection import Channel, ChannelOpener, Connection
 from txmsg.errors import (
+    ChannelClosed,
     ChannelError,
+    ConnectionClosed,
+    ConnectionLost,
     DeprecatedFeature,
     PreconditionFailed,
 )
@@ -184,6 +187,7 @@ class Consumer(Deliveries, Service):
         self._declare_as: Queue | None = queue if isinstance(queue, Queue) else None
         #: the broker refused the queue for good (a deprecated feature)
         self._refused: Failure | None = None
+        connection.add_stop_listener(self._connection_stopped)
 
     @property
     def owns_queue(self) -> bool:
@@ -352,6 +356,20 @@ class Consumer(Deliveries, Service):
                     for w in waiters:
                         w.errback(self._refused)
                     return
+            if (
+                reason.check(ConnectionClosed, ConnectionLost, ChannelClosed)
+                and not reason.check(DeprecatedFeature)
+                and not connection_open()
+            ):
+                # the connection went (e.g. RabbitMQ's 541 when two clients declare
+                # one quorum queue at once): the next one's ready hook starts this
+                # consumer again, and its waiters wait for that
+                self._log.info(
+                    "the connection closed while the consumer on {queue} started: {error}",
+                    queue=self.queue,
+                    error=reason.getErrorMessage(),
+                )
+                return
             self._log.error(
                 "cannot consume {queue}: {error}; retrying in {delay:g} s",
                 queue=self.queue,
@@ -363,8 +381,18 @@ class Consumer(Deliveries, Service):
                 w.errback(reason)
             self._schedule_resume()
 
+        def connection_open() -> bool:
+            opener_now = self.connection.opener
+            return opener_now is opener and opener.is_open
+
         # A consumer that cannot start must not keep the connection from being ready.
         return opener().addCallback(opened).addErrback(failed)
+
+    def _connection_stopped(self, reason: Failure) -> None:
+        # no connection will come that could start this consumer
+        waiters, self._consuming_waiters = self._consuming_waiters, []
+        for w in waiters:
+            w.errback(reason)
 
     def _queue_name(self) -> str:
         queue = self.queue

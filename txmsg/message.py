@@ -13,10 +13,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import pickle
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
-from functools import cached_property
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
 
 from txmsg._properties import PROPERTY_NAMES, timestamp_to_datetime
 from txmsg.errors import TxmsgError, UndecodableMessage
@@ -27,6 +27,32 @@ BINARY = "application/octet-stream"
 PICKLE_TYPES = frozenset({"application/python-pickle", "application/x-python-pickle"})
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+if TYPE_CHECKING or sys.version_info >= (3, 12):
+    from functools import cached_property
+else:
+
+    class cached_property:
+        """
+        C{functools.cached_property} without the lock Python 3.11's takes on
+        every first access (3.12 dropped it): a delivered message's payload
+        is read once per message.
+        """
+
+        def __init__(self, func: Any) -> None:
+            self.func = func
+            self.name = func.__name__
+            self.__doc__ = func.__doc__
+
+        def __set_name__(self, owner: type, name: str) -> None:
+            self.name = name
+
+        def __get__(self, instance: Any, owner: type | None = None) -> Any:
+            if instance is None:
+                return self
+            value = instance.__dict__[self.name] = self.func(instance)
+            return value
 
 
 def media_type(content_type: str | None) -> tuple[str, str | None]:
@@ -201,20 +227,27 @@ class Message:
         A delivered message from the wire: properties under txmsg's names (as the
         codec decodes them) and the delivery method's arguments.
         """
-        props = dict(properties)
-        ts = props.get("timestamp")
+        unknown = properties.keys() - _PROPERTY_FIELDS
+        if unknown:
+            raise TypeError(f"unknown message properties: {', '.join(sorted(unknown))}")
+        # Every delivery makes one: its fields are set in one go, not one
+        # frozen-dataclass __setattr__ at a time (the same fields, defaults
+        # and values as cls(...) would give).
+        state = _DEFAULTS.copy()
+        state.update(properties)
+        ts = state["timestamp"]
         if ts is not None:
-            props["timestamp"] = timestamp_to_datetime(ts)
-        return cls(
-            body=body,
-            exchange=delivery.get("exchange", ""),
-            routing_key=delivery.get("routing_key", ""),
-            redelivered=delivery.get("redelivered", False),
-            delivery_tag=delivery.get("delivery_tag"),
-            consumer_tag=delivery.get("consumer_tag"),
-            allow_pickle=allow_pickle,
-            **props,
-        )
+            state["timestamp"] = timestamp_to_datetime(ts)
+        state["body"] = body
+        state["exchange"] = delivery.get("exchange", "")
+        state["routing_key"] = delivery.get("routing_key", "")
+        state["redelivered"] = delivery.get("redelivered", False)
+        state["delivery_tag"] = delivery.get("delivery_tag")
+        state["consumer_tag"] = delivery.get("consumer_tag")
+        state["allow_pickle"] = allow_pickle
+        message = object.__new__(cls)
+        object.__setattr__(message, "__dict__", state)
+        return message
 
     @property
     def persistent(self) -> bool:
@@ -249,6 +282,8 @@ class Message:
         @raise UndecodableMessage: if the body is not what its content type says,
             or is pickle and this consumer did not opt in.
         """
+        if self.content_type is None:
+            return self.body
         media, charset = media_type(self.content_type)
         if is_json(media):
             try:
@@ -328,3 +363,6 @@ class Message:
 _PROPERTY_NAMES = PROPERTY_NAMES
 _PROPERTY_FIELDS = frozenset(_PROPERTY_NAMES)
 assert _PROPERTY_FIELDS <= {f.name for f in fields(Message)}
+#: every field's default: what L{Message.from_delivery} starts from
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Message)}
+assert MISSING not in _DEFAULTS.values()

@@ -63,19 +63,47 @@ DEFAULT_WINDOW = 1000
 
 
 class _Pending:
-    __slots__ = ("body", "deferred", "exchange", "mandatory", "props", "returned", "routing_key", "timer")
+    __slots__ = (
+        "body",
+        "deferred",
+        "exchange",
+        "expired",
+        "mandatory",
+        "owner",
+        "props",
+        "queued",
+        "returned",
+        "routing_key",
+        "timer",
+    )
 
     def __init__(
-        self, exchange: str, routing_key: str, body: bytes, props: dict[str, Any], mandatory: bool
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        props: dict[str, Any],
+        mandatory: bool,
+        owner: Producer | None = None,
     ) -> None:
         self.exchange = exchange
         self.routing_key = routing_key
         self.body = body
         self.props = props
         self.mandatory = mandatory
-        self.deferred: Deferred[None] = Deferred()
+        self.owner = owner
+        self.deferred: Deferred[None] = Deferred(None if owner is None else self._cancelled)
         self.timer: Any = None
         self.returned: Unroutable | None = None
+        #: in the producer's queue of publishes waiting to be written
+        self.queued = False
+        #: timed out or cancelled there (counted in the producer's C{_expired})
+        self.expired = False
+
+    def _cancelled(self, _: Deferred[None]) -> None:
+        # the caller gave up on this publish: skipped if it still waits
+        if self.owner is not None:
+            self.owner._expire(self)
 
 
 class Producer:
@@ -141,6 +169,8 @@ class Producer:
         #: not yet written: waiting for a channel, for room in the window, for
         #: the write buffer to drain or for the broker to unblock
         self._waiting: deque[_Pending] = deque()
+        #: how many of those timed out: skipped when their turn comes
+        self._expired = 0
         self._by_message_id: dict[str, _Pending] = {}
         self._watching = False
         #: when_ready() callers, fired once a publishing channel is ready
@@ -199,7 +229,7 @@ class Producer:
         if mandatory and self.confirm and "message_id" not in props:
             # returns are matched to their publish by message id
             props["message_id"] = uuid.uuid4().hex
-        pending = _Pending(exchange, routing_key, body, props, mandatory)
+        pending = _Pending(exchange, routing_key, body, props, mandatory, self)
         try:
             if now:
                 assert channel is not None
@@ -208,6 +238,7 @@ class Producer:
                 # refuse now what could never be sent, rather than after the wait
                 Channel.check_publish(exchange, routing_key, props, self._frame_max)
                 self._waiting.append(pending)
+                pending.queued = True
                 if channel is None:
                     self._watch_connection()
         except (TypeError, ValueError) as e:
@@ -243,7 +274,7 @@ class Producer:
         """
         How many published messages wait to be written (backpressure or outage).
         """
-        return sum(1 for p in self._waiting if not p.deferred.called)
+        return len(self._waiting) - self._expired
 
     def room(self, limit: int | None = None) -> Deferred[None]:
         """
@@ -296,7 +327,10 @@ class Producer:
         waiting = self._waiting
         while waiting and channel is not None and self._can_write(channel):
             pending = waiting.popleft()
-            if pending.deferred.called:  # timed out while it waited
+            pending.queued = False
+            if pending.deferred.called:  # timed out (or was cancelled) while it waited
+                if pending.expired:
+                    self._expired -= 1
                 continue
             too_big = self._too_big(pending.body)
             if too_big is not None:  # the limit was learnt while it waited
@@ -348,6 +382,7 @@ class Producer:
         self._unconfirmed.clear()
         self._by_message_id.clear()
         self._waiting.clear()
+        self._expired = 0
         self._channel = None
         for p in pending:
             self._settle(p, reason)
@@ -376,6 +411,8 @@ class Producer:
         self._unconfirmed.clear()
         self._by_message_id.clear()
         self._waiting.extendleft(reversed(resend))
+        for p in resend:
+            p.queued = True
         self._channel = channel
         self._frame_max = channel.frame_max
         self._next_tag = 1
@@ -463,12 +500,18 @@ class Producer:
 
     def _timed_out(self, pending: _Pending) -> None:
         pending.timer = None  # a settled publish is skipped wherever it still waits
+        self._expire(pending)
         self._settle(
             pending,
             Failure(
                 PublishTimeout(f"no confirm for the message to {pending.exchange!r}/{pending.routing_key!r}")
             ),
         )
+
+    def _expire(self, pending: _Pending) -> None:
+        if pending.queued and not pending.expired:
+            pending.expired = True
+            self._expired += 1
 
     def _fail_ready_waiters(self, reason: Failure) -> None:
         waiters, self._ready_waiters = self._ready_waiters, []
@@ -477,7 +520,7 @@ class Producer:
 
     def _fail_waiting(self, reason: Failure) -> None:
         self._fail_ready_waiters(reason)
-        waiting, self._waiting = list(self._waiting), deque()
+        waiting, self._waiting, self._expired = list(self._waiting), deque(), 0
         for pending in waiting:
             self._settle(pending, reason)
 

@@ -9,7 +9,17 @@ import time
 import uuid
 from typing import Any
 
-from bench.common import ACK_EVERY, PREFETCH, URL, body, cpu, depth_wait_asyncio, scenario_table, sent_at
+from bench.common import (
+    ACK_EVERY,
+    PREFETCH,
+    URL,
+    body,
+    calls_asyncio,
+    cpu,
+    depth_wait_asyncio,
+    scenario_table,
+    sent_at,
+)
 
 
 async def _connect(confirms: bool = True) -> tuple[Any, Any]:
@@ -68,22 +78,25 @@ async def rpc_server(p: dict[str, Any]) -> dict[str, Any]:
 
     conn, ch = await _connect(confirms=False)
     queue = await ch.declare_queue(p["queue"], durable=True)
-    await ch.set_qos(prefetch_count=PREFETCH)
+    await ch.set_qos(prefetch_count=p["prefetch"])
+    ack = p["ack"]
     print("READY", flush=True)
     c0 = cpu()
     served = 0
-    async with queue.iterator() as messages:
+    async with queue.iterator(no_ack=not ack) as messages:
         async for message in messages:
             await ch.default_exchange.publish(
                 aio_pika.Message(message.body, correlation_id=message.correlation_id),
                 routing_key=message.reply_to,
             )
-            await message.ack()
+            if ack:
+                await message.ack()
             served += 1
             if served == p["n"]:
                 break
+    spent = cpu() - c0
     await conn.close()
-    return {"served": served, "cpu": cpu() - c0}
+    return {"served": served, "cpu": spent}
 
 
 async def rpc(p: dict[str, Any]) -> dict[str, Any]:
@@ -99,24 +112,20 @@ async def rpc(p: dict[str, Any]) -> dict[str, Any]:
             future.set_result(message.body)
 
     await callback_queue.consume(on_reply, no_ack=True)
-    data = b"x" * p["size"]
     loop = asyncio.get_running_loop()
+    exchange, queue = ch.default_exchange, p["queue"]
 
-    async def call() -> bytes:
+    async def call(data: bytes) -> bytes:
         cid = uuid.uuid4().hex
         future = futures[cid] = loop.create_future()
-        await ch.default_exchange.publish(
-            aio_pika.Message(data, correlation_id=cid, reply_to=callback_queue.name), routing_key=p["queue"]
+        await exchange.publish(
+            aio_pika.Message(data, correlation_id=cid, reply_to=callback_queue.name), routing_key=queue
         )
         return await future
 
-    await call()
-    start, c0 = time.perf_counter(), cpu()
-    for _ in range(p["n"] - 1):
-        await call()
-    elapsed, spent = time.perf_counter() - start, cpu() - c0
+    result = await calls_asyncio(call, p)
     await conn.close()
-    return {"cpu": spent, "elapsed": elapsed, "count": p["n"] - 1}
+    return result
 
 
 async def e2e_pub(p: dict[str, Any]) -> dict[str, Any]:

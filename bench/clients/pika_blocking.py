@@ -8,7 +8,19 @@ import time
 import uuid
 from typing import Any
 
-from bench.common import ACK_EVERY, PREFETCH, URL, body, cpu, scenario_table, sent_at
+from bench.common import (
+    ACK_EVERY,
+    PREFETCH,
+    URL,
+    WARMUP,
+    body,
+    check,
+    cpu,
+    request,
+    rpc_result,
+    scenario_table,
+    sent_at,
+)
 
 
 def _connect() -> tuple[Any, Any]:
@@ -67,19 +79,22 @@ def rpc_server(p: dict[str, Any]) -> dict[str, Any]:
 
     conn, ch = _connect()
     ch.queue_declare(p["queue"], durable=True)
-    ch.basic_qos(prefetch_count=PREFETCH)
+    ch.basic_qos(prefetch_count=p["prefetch"])
+    ack = p["ack"]
     print("READY", flush=True)
     c0 = cpu()
     served = 0
-    for method, props, data in ch.consume(p["queue"], auto_ack=False):
+    for method, props, data in ch.consume(p["queue"], auto_ack=not ack):
         ch.basic_publish("", props.reply_to, data, pika.BasicProperties(correlation_id=props.correlation_id))
-        ch.basic_ack(method.delivery_tag)
+        if ack:
+            ch.basic_ack(method.delivery_tag)
         served += 1
         if served == p["n"]:
             break
+    spent = cpu() - c0
     ch.cancel()
     conn.close()
-    return {"served": served, "cpu": cpu() - c0}
+    return {"served": served, "cpu": spent}
 
 
 def rpc(p: dict[str, Any]) -> dict[str, Any]:
@@ -87,26 +102,46 @@ def rpc(p: dict[str, Any]) -> dict[str, Any]:
 
     conn, ch = _connect()
     reply_to = ch.queue_declare("", exclusive=True).method.queue
-    answers: dict[str, bytes] = {}
-    ch.basic_consume(
-        reply_to, lambda _c, _m, props, data: answers.__setitem__(props.correlation_id, data), auto_ack=True
-    )
-    data = b"x" * p["size"]
+    queue, size = p["queue"], p["size"]
+    # correlation id -> (request, time sent); a reply settles its call
+    waiting: dict[str, tuple[bytes, float]] = {}
+    latencies: list[float] = []
+    clock = time.perf_counter
+    numbers = iter(range(WARMUP + p["n"]))
+    timed = False
 
-    def call() -> bytes:
+    def send() -> None:
+        i = next(numbers, None)
+        if i is None:
+            return
         cid = uuid.uuid4().hex
-        ch.basic_publish("", p["queue"], data, pika.BasicProperties(reply_to=reply_to, correlation_id=cid))
-        while cid not in answers:
-            conn.process_data_events(time_limit=None)
-        return answers.pop(cid)
+        data = request(i, size)
+        waiting[cid] = (data, clock())
+        ch.basic_publish("", queue, data, pika.BasicProperties(reply_to=reply_to, correlation_id=cid))
 
-    call()
-    start, c0 = time.perf_counter(), cpu()
-    for _ in range(p["n"] - 1):
-        call()
-    elapsed, spent = time.perf_counter() - start, cpu() - c0
+    def on_reply(_c: Any, _m: Any, props: Any, answer: bytes) -> None:
+        call = waiting.pop(props.correlation_id, None)
+        if call is None:
+            return
+        check(answer, call[0])
+        if timed:
+            latencies.append(clock() - call[1])
+            send()  # this caller's next call
+
+    ch.basic_consume(reply_to, on_reply, auto_ack=True)
+    for _ in range(WARMUP):  # one at a time, as the tutorial's client calls
+        send()
+        while waiting:
+            conn.process_data_events(time_limit=None)
+    timed = True
+    start, c0 = clock(), cpu()
+    for _ in range(p["inflight"]):
+        send()
+    while waiting:
+        conn.process_data_events(time_limit=None)
+    result = rpc_result(latencies, clock() - start, cpu() - c0)
     conn.close()
-    return {"cpu": spent, "elapsed": elapsed, "count": p["n"] - 1}
+    return result
 
 
 def e2e_pub(p: dict[str, Any]) -> dict[str, Any]:

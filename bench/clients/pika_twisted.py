@@ -10,11 +10,14 @@ import time
 import uuid
 from typing import Any
 
+from twisted.internet.defer import ensureDeferred
+
 from bench.common import (
     ACK_EVERY,
     PREFETCH,
     URL,
     body,
+    calls_twisted,
     cpu,
     depth_wait_twisted,
     run_twisted,
@@ -81,45 +84,74 @@ async def rpc_server(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
 
     conn, ch = await _connect(reactor)
     await ch.queue_declare(queue=p["queue"], durable=True)
-    await ch.basic_qos(prefetch_count=PREFETCH)
-    queue_object, _tag = await ch.basic_consume(queue=p["queue"], auto_ack=False)
+    await ch.basic_qos(prefetch_count=p["prefetch"])
+    ack = p["ack"]
+    queue_object, _tag = await ch.basic_consume(queue=p["queue"], auto_ack=not ack)
     print("READY", flush=True)
     c0 = cpu()
     for _ in range(p["n"]):
         _ch, method, props, data = await queue_object.get()
         ch.basic_publish("", props.reply_to, data, pika.BasicProperties(correlation_id=props.correlation_id))
-        ch.basic_ack(method.delivery_tag)
+        if ack:
+            ch.basic_ack(method.delivery_tag)
+    spent = cpu() - c0
     from twisted.internet.task import deferLater
 
     await deferLater(reactor, 0.2, lambda: None)  # let the last reply leave first
     conn.close()
-    return {"served": p["n"], "cpu": cpu() - c0}
+    return {"served": p["n"], "cpu": spent}
 
 
 async def rpc(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
     import pika
+    from twisted.internet.defer import Deferred
 
     conn, ch = await _connect(reactor)
     result = await ch.queue_declare(queue="", exclusive=True)
     reply_to = result.method.queue
     replies, _tag = await ch.basic_consume(queue=reply_to, auto_ack=True)
-    data = b"x" * p["size"]
+    queue = p["queue"]
 
-    async def call() -> bytes:
+    def send(data: bytes) -> str:
         cid = uuid.uuid4().hex
-        ch.basic_publish("", p["queue"], data, pika.BasicProperties(reply_to=reply_to, correlation_id=cid))
+        ch.basic_publish("", queue, data, pika.BasicProperties(reply_to=reply_to, correlation_id=cid))
+        return cid
+
+    if p["inflight"] == 1:
+        # the tutorial's loop: publish, then read replies until ours
+        async def call(data: bytes) -> bytes:
+            cid = send(data)
+            while True:
+                _ch, _method, props, answer = await replies.get()
+                if props.correlation_id == cid:
+                    return bytes(answer)
+
+        figures = await calls_twisted(call, p)
+        conn.close()
+        return figures
+
+    waiting: dict[str, Deferred[bytes]] = {}
+
+    async def dispatch() -> None:
+        # many calls in flight: one reader of the reply queue hands each reply to its caller
         while True:
             _ch, _method, props, answer = await replies.get()
-            if props.correlation_id == cid:
-                return bytes(answer)
+            d = waiting.pop(props.correlation_id, None)
+            if d is not None:
+                d.callback(bytes(answer))
 
-    await call()
-    start, c0 = time.perf_counter(), cpu()
-    for _ in range(p["n"] - 1):
-        await call()
-    elapsed, spent = time.perf_counter() - start, cpu() - c0
+    reader = ensureDeferred(dispatch())
+    reader.addErrback(lambda _: None)  # cancelled at the end
+
+    def call_many(data: bytes) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        waiting[send(data)] = d
+        return d
+
+    figures = await calls_twisted(call_many, p)
+    reader.cancel()
     conn.close()
-    return {"cpu": spent, "elapsed": elapsed, "count": p["n"] - 1}
+    return figures
 
 
 async def e2e_pub(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:

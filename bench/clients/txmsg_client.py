@@ -8,7 +8,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.common import PREFETCH, URL, body, cpu, depth_wait_twisted, run_twisted, scenario_table, sent_at
+from bench.common import (
+    PREFETCH,
+    URL,
+    body,
+    calls_twisted,
+    cpu,
+    depth_wait_twisted,
+    run_twisted,
+    scenario_table,
+    sent_at,
+)
 
 
 async def publish(reactor: Any, p: dict[str, Any], confirm: bool) -> dict[str, Any]:
@@ -93,15 +103,20 @@ async def rpc_server(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
             reactor.callLater(0.2, done.callback, None)
         return bytes(message.body)
 
-    server = RpcServer(conn, Queue(p["queue"]), echo, prefetch=PREFETCH)
+    # "ack": its defaults (acks, the default prefetch); else consuming without acks
+    if p["ack"]:
+        server = RpcServer(conn, Queue(p["queue"]), echo)
+    else:
+        server = RpcServer(conn, Queue(p["queue"]), echo, prefetch=p["prefetch"], auto_ack=True)
     server.startService()
     await server.when_ready()
     print("READY", flush=True)
     c0 = cpu()
     await done
+    spent = cpu() - c0
     await server.stopService()
     await conn.stopService()
-    return {"served": served, "cpu": cpu() - c0}
+    return {"served": served, "cpu": spent}
 
 
 async def rpc(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
@@ -110,16 +125,15 @@ async def rpc(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:
     conn = Connection(URL, reactor=reactor)
     # An exclusive reply queue, as the other clients' RPC (RabbitMQ's tutorial):
     # RabbitMQ 3.10 spends about 10 us more per call on direct reply-to.
-    client = RpcClient(conn, reply_queue=True)
+    if p["defaults"]:
+        client = RpcClient(conn, reply_queue=True)
+    else:
+        client = RpcClient(conn, reply_queue=True, mandatory=False, expire=False)
     await client.when_ready()
-    data = b"x" * p["size"]
-    await client.call(p["queue"], data, timeout=30)
-    start, c0 = time.perf_counter(), cpu()
-    for _ in range(p["n"] - 1):
-        await client.call(p["queue"], data, timeout=30)
-    elapsed, spent = time.perf_counter() - start, cpu() - c0
+    queue = p["queue"]
+    result = await calls_twisted(lambda data: client.call(queue, data, timeout=30), p)
     await conn.stopService()
-    return {"cpu": spent, "elapsed": elapsed, "count": p["n"] - 1}
+    return result
 
 
 async def e2e_pub(reactor: Any, p: dict[str, Any]) -> dict[str, Any]:

@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_quick_benchmark_measures_every_scenario(tmp_path: Path, big_messages_url: str) -> None:
     """
     bench.run --quick with txmsg and pika's blocking connection: exit 0, a row
-    per (scenario, client) in the table and in the JSON, latencies for e2e,
-    a by-size line for the large bodies, and no queue left behind.
+    per (scenario, client) in the table and in the JSON, latencies for e2e
+    and each RPC row, a CPU line per client, a by-size line for the large
+    bodies, and no queue left behind.
     """
     from bench.run import SCENARIOS
 
@@ -56,6 +57,12 @@ def test_quick_benchmark_measures_every_scenario(tmp_path: Path, big_messages_ur
     runs = json.loads(figures.read_text())
     assert all(run["rate"] > 0 for entry in runs.values() for run in entry)
     assert runs["txmsg e2e"][0]["p50_ms"] is not None
+    for scenario in ("rpc", "rpc-tutorial", "rpc-pipelined"):
+        for client in ("txmsg", "pika-blocking"):
+            run = runs[f"{client} {scenario}"][0]
+            assert 0 < run["p50_ms"] <= run["p99_ms"] and run["server_cpu_us"] > 0, (client, scenario, run)
+    spent = done.stdout.split("client CPU us per message", 1)[1].splitlines()
+    assert any(line.split()[:2] == ["txmsg", "publish"] and "rpc-pipelined" in line for line in spent)
     from .support import rabbitmqctl
 
     assert "txmsg-bench-" not in rabbitmqctl("list_queues", "name", "--no-table-headers", "-q")

@@ -297,3 +297,29 @@ def test_message_properties_larger_than_a_frame_are_refused() -> None:
     """
     with pytest.raises(ValueError, match="frame_max"):
         _codec.publish_frames(1, "", "q", False, {"headers": {"h": "x" * 5000}}, b"body", 4096)
+
+
+def test_publish_frames_are_remembered_per_destination_and_the_memory_is_bounded() -> None:
+    """
+    basic_publish_frame gives the same bytes from its cache as when it first
+    encoded them (decodable as the method sent), and the cache never holds
+    more than its maximum however many destinations are used.
+    """
+    from txmsg._amqp import codec as c
+
+    from .test_protocol import parse_frames
+
+    first = c.basic_publish_frame(3, "ex", "key.1", True)
+    [(ftype, channel, (name, args))] = parse_frames(first)
+    assert (ftype, channel, name) == (1, 3, "basic.publish")
+    assert (args["exchange"], args["routing_key"], args["mandatory"]) == ("ex", "key.1", True)
+    again = c.basic_publish_frame(3, "ex", "key.1", True)
+    assert again == first
+    assert c.basic_publish_frame(3, "ex", "key.1", False) != first
+    assert c.basic_publish_frame(4, "ex", "key.1", True)[1:3] == b"\x00\x04"
+    for i in range(3 * c._PUBLISH_FRAMES_MAX):
+        c.basic_publish_frame(1, "", f"q{i}", False)
+    assert len(c._PUBLISH_FRAMES) <= c._PUBLISH_FRAMES_MAX
+    assert c.basic_publish_frame(3, "ex", "key.1", True) == first
+    with pytest.raises(ValueError):
+        c.basic_publish_frame(1, "", "k" * 256, False)

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from txmsg import Connection, Consumer, Queue
 from txmsg._amqp import codec as _codec
 from txmsg.consumer import Reject, Requeue
 
-from .test_connection import handshake, make_connection
+from .test_connection import handshake, lose, make_connection
 from .test_protocol import method, parse_frames
 
 
@@ -445,3 +446,50 @@ def test_the_old_spellings_of_when_ready_still_work_and_warn() -> None:
     server = RpcServer(conn, "rpc", lambda m: None)
     with pytest.warns(DeprecationWarning, match="when_ready"):
         server.wait_ready().addErrback(lambda _: None)
+
+
+def test_when_ready_waits_through_a_connection_the_broker_closes_while_the_consumer_starts() -> None:
+    """
+    RabbitMQ 3.10 may close the connection with 541 INTERNAL_ERROR when two
+    clients declare one quorum queue at once: C{when_ready()} does not fail
+    for that, it fires once the consumer registered on the next connection.
+    """
+    clock = Clock()
+    conn, endpoint = make_connection(clock)
+    consumer = Consumer(conn, Queue.quorum("jobs"), lambda m: None)
+    consumer.startService()
+    first = endpoint.protocols[-1]
+    handshake(first)
+    ready: list[Any] = []
+    consumer.when_ready().addBoth(ready.append)
+    first.dataReceived(method(1, "channel.open-ok"))
+    first.dataReceived(
+        method(0, "connection.close", reply_code=541, reply_text="INTERNAL_ERROR", class_id=50, method_id=10)
+    )
+    lose(first)
+    assert ready == []
+    clock.advance(5)
+    second = endpoint.protocols[-1]
+    assert second is not first
+    handshake(second)
+    second.dataReceived(method(1, "channel.open-ok"))
+    second.dataReceived(method(1, "queue.declare-ok", queue="jobs", message_count=0, consumer_count=0))
+    second.dataReceived(method(1, "basic.qos-ok"))
+    assert ready == []
+    second.dataReceived(method(1, "basic.consume-ok", consumer_tag="ctag"))
+    assert ready == [consumer]
+
+
+def test_when_ready_fails_once_the_connection_stops_for_good() -> None:
+    """
+    A consumer still waiting to register when its connection stops fails its
+    C{when_ready()} waiters: no connection will come to start it.
+    """
+    clock = Clock()
+    conn, _endpoint = make_connection(clock)
+    consumer = Consumer(conn, "jobs", lambda m: None)
+    consumer.startService()
+    ready: list[Any] = []
+    consumer.when_ready().addBoth(ready.append)
+    conn.stopService()
+    assert len(ready) == 1 and isinstance(ready[0], Failure)

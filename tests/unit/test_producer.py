@@ -250,6 +250,30 @@ def test_full_write_buffer_pauses_publishing() -> None:
     assert outcomes(ds) == [None] * 3
 
 
+def test_waiting_leaves_out_publishes_that_timed_out_or_were_cancelled_while_they_waited() -> None:
+    """
+    C{waiting} counts the publishes still to be written: one that timed out
+    and one cancelled while they waited drop out of it, the rest are written
+    in order once the buffer drains, and it ends at 0.
+    """
+    b = Broker()
+    b.protocol.pauseProducing()
+    expiring = b.producer.publish("", "q", "m0", timeout=1)
+    cancelled = b.producer.publish("", "q", "m1")
+    kept = [b.producer.publish("", "q", f"m{i}") for i in range(2, 5)]
+    assert b.producer.waiting == 5
+    b.clock.advance(1)
+    assert outcomes([expiring]) == [PublishTimeout]
+    assert b.producer.waiting == 4
+    cancelled.cancel()
+    assert b.producer.waiting == 3
+    b.protocol.resumeProducing()
+    assert [m[3] for m in b.published()] == [b"m2", b"m3", b"m4"]
+    assert b.producer.waiting == 0
+    b.ack(3, multiple=True)
+    assert outcomes(kept) == [None] * 3
+
+
 def test_connection_blocked_holds_publishes_until_unblocked() -> None:
     """
     After connection.blocked nothing is written; connection.unblocked lets the

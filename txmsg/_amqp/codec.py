@@ -247,7 +247,17 @@ _BASIC_ACK = _HH.pack(60, 80)
 _BASIC_DELIVER = (60, 60)
 
 
+#: basic.publish frames already encoded, by (channel, exchange, routing key,
+#: mandatory): a publisher sends to a few destinations over and over
+_PUBLISH_FRAMES: dict[tuple[int, str, str, bool], bytes] = {}
+_PUBLISH_FRAMES_MAX = 1024
+
+
 def basic_publish_frame(channel: int, exchange: str, routing_key: str, mandatory: bool) -> bytes:
+    key = (channel, exchange, routing_key, mandatory)
+    frame = _PUBLISH_FRAMES.get(key)
+    if frame is not None:
+        return frame
     payload = b"".join(
         (
             _BASIC_PUBLISH,
@@ -256,7 +266,11 @@ def basic_publish_frame(channel: int, exchange: str, routing_key: str, mandatory
             b"\x01" if mandatory else b"\x00",
         )
     )
-    return _FRAME_HEAD.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
+    frame = _FRAME_HEAD.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
+    if len(_PUBLISH_FRAMES) >= _PUBLISH_FRAMES_MAX:
+        _PUBLISH_FRAMES.clear()  # many destinations: start again rather than grow
+    _PUBLISH_FRAMES[key] = frame
+    return frame
 
 
 def basic_ack_frame(channel: int, delivery_tag: int, multiple: bool) -> bytes:

@@ -11,7 +11,6 @@ heartbeats use one timer per half interval rather than one reschedule per frame.
 from __future__ import annotations
 
 import struct
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -115,9 +114,8 @@ class AMQPProtocol(Protocol):
         self._body_left = 0
         self._body_channel: Channel | None = None
         self._body_end_due = False
-        #: frames written but not yet handed to the transport: the rest of a big
-        #: message the socket did not take, and whatever was written after it
-        self._pending: deque[bytes | memoryview] = deque()
+        #: what this connection writes, on its way to the transport
+        self._out = writer.Outgoing(clock, lambda: self.writable)
 
     # ------------------------------------------------------------------
     # transport events
@@ -131,6 +129,7 @@ class AMQPProtocol(Protocol):
             except OSError:  # pragma: no cover - e.g. not a TCP socket
                 pass
         self.transport.registerProducer(self, True)
+        self._out.attach(self.transport)
         self.transport.write(_codec.PROTOCOL_HEADER)
         timeout = self.params.connection_timeout
         self._handshake_timeout = self.clock.callLater(timeout, self._handshake_timed_out)
@@ -146,6 +145,7 @@ class AMQPProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._reading = True
+        self._out.read_started()
         try:
             self._frames_received(data)
         finally:
@@ -157,6 +157,7 @@ class AMQPProtocol(Protocol):
                         call()
                     except Exception:  # noqa: BLE001 - one failing callback must not skip the others
                         self._log.failure("after-read callback failed")
+            self._out.flush()
 
     def call_after_read(self, f: Callable[[], None]) -> bool:
         """
@@ -309,7 +310,7 @@ class AMQPProtocol(Protocol):
         for channel in channels:
             channel._closed(failure)
         self.channels.clear()
-        self._pending.clear()
+        self._out.discard()
         if self._closing is not None and not self._closing.called:
             self._closing.callback(None)
         listeners, self._lost_listeners = self._lost_listeners, []
@@ -322,8 +323,8 @@ class AMQPProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         self.writable = True
-        if self._pending:
-            self._drain()
+        if self._out.pending:
+            self._out.drain()
         if self.writable:
             self._writable_again()
 
@@ -343,30 +344,16 @@ class AMQPProtocol(Protocol):
 
     def write(self, data: bytes) -> None:
         self._sent = True
-        if self._pending:
-            self._pending.append(data)
-        else:
-            self.transport.write(data)
+        self._out.write(data)
 
     def write_sequence(self, parts: list[bytes | memoryview]) -> None:
         """
-        Write the frames of a message too big for one frame.  The body's
-        frames are views of it, handed to the transport as it takes them
-        (see L{_drain}); until all are, later writes wait behind them and
-        L{writable} stays false.
+        Write the frames of a message too big for one frame (see
+        L{writer.Outgoing.write_sequence}); until the transport took them all,
+        later writes wait behind them and L{writable} stays false.
         """
         self._sent = True
-        waiting = bool(self._pending)
-        self._pending.extend(parts)
-        if not waiting and self.writable:
-            self._drain()
-
-    def _drain(self) -> None:
-        """
-        Hand pending frames to the transport while it takes them (see
-        L{writer.drain}).
-        """
-        writer.drain(self._pending, self.transport, lambda: self.writable)
+        self._out.write_sequence(parts)
 
     def _send_method(self, name: str, **kwargs: Any) -> None:
         self.write(_codec.method_frame(0, self._methods.by_name[name].encode(kwargs)))
