@@ -28,8 +28,8 @@ from twisted.python.failure import Failure
 from txmsg._amqp import AMQPProtocol, Channel
 from txmsg._cluster import ClusterEndpoint, FailedAttempt, NoBrokerAvailable, safe_urls
 from txmsg._guard import real_protocol
+from txmsg._replay import replay
 from txmsg.errors import (
-    ChannelError,
     ConnectionLost,
     DeprecatedFeature,
     FatalConnectionError,
@@ -537,11 +537,9 @@ class Connection(Service):
         yield protocol.handshake
         self._control = None
         self.names.clear()
-        for item in list(self.topology):
-            try:
-                yield self._declare_one(protocol, item)
-            except ChannelError as e:
-                self._log.error("replaying {item} failed: {error}", item=item, error=e)
+        yield replay(
+            list(self.topology), self.names, lambda item: self._declare_one(protocol, item), self._log
+        )
         # by index: a hook may add hooks (a consumer making a producer), run them too
         index = 0
         while index < len(self._hooks):

@@ -281,7 +281,7 @@ async def test_a_big_message_written_to_a_full_socket_keeps_its_bytes_in_order()
         transport = client.transport
         held = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
         assert 0 < held < 2 * 131072  # the transport holds about a frame; the rest waits
-        assert client._pending and not client.writable
+        assert client._out.pending and not client.writable
         small = _codec.publish_frames(1, "", "q", False, {}, b"after", 131072)
         assert isinstance(small, bytes)
         client.write(small)

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from txmsg import AuthenticationError, Connection, Queue
 from txmsg.connection import ClusterEndpoint, NoBrokerAvailable
-from txmsg.errors import ConnectionLost
+from txmsg.errors import ConnectionLost, NotFound
 
 from .test_protocol import method
 
@@ -217,6 +217,75 @@ def test_topology_and_hooks_replayed_on_every_connection() -> None:
     proto2.dataReceived(method(1, "channel.open-ok"))
     assert item.declared == 2 and order == ["hook1", "hook2"]
     assert conn.protocol is proto2._protocol
+
+
+class Declares:
+    """
+    A declarable that records each declaration and fails the first C{fails}
+    of them with C{error} (a broker's answer to part of a replayed topology).
+    """
+
+    def __init__(self, server_named: bool = False, fails: int = 0, error: Exception | None = None) -> None:
+        self.server_named = server_named
+        self.fails = fails
+        self.error = error or NotFound(404, "NOT_FOUND - no exchange 'news' in vhost '/'")
+        self.declared = 0
+
+    def declare(self, channel: Any, names: dict[Any, str]) -> Any:
+        self.declared += 1
+        if self.server_named:
+            names[self] = f"amq.gen-{self.declared}"
+        if self.declared <= self.fails:
+            return fail(self.error)
+        return succeed(None)
+
+
+def replay_topology(*items: Declares) -> list[Any]:
+    """
+    Start a connection with C{items} as its topology, answer its handshake
+    and channel.open, and return its ready waiters' results.
+    """
+    conn, ep = make_connection(Clock())
+    conn.topology.extend(items)  # type: ignore[arg-type]
+    ready: list[Any] = []
+    conn.when_ready().addBoth(ready.append)
+    handshake(ep.protocols[0])
+    ep.protocols[0].dataReceived(method(1, "channel.open-ok"))
+    return ready
+
+
+def test_a_404_while_replaying_the_topology_replays_it_again_keeping_server_named_queues() -> None:
+    """
+    When part of a replayed topology is refused with 404 (an auto-delete
+    exchange the broker removed a moment after it was declared again, as the
+    lost connection's exclusive queues went), the topology is declared once
+    more, all but the server-named queues this connection already has, and
+    the connection is ready after it.
+    """
+    exchange, queue, binding = Declares(), Declares(server_named=True), Declares(fails=1)
+    ready = replay_topology(exchange, queue, binding)
+    assert (exchange.declared, queue.declared, binding.declared) == (2, 1, 2)
+    assert len(ready) == 1 and isinstance(ready[0], Connection)
+
+
+def test_a_lasting_404_or_another_refusal_while_replaying_is_skipped_after_a_few_passes() -> None:
+    """
+    A binding to an exchange nobody declares is refused on every pass: the
+    replay stops after REPLAYS passes and the connection is ready; a refusal
+    other than 404 (406, which another pass would not change) starts no
+    other pass.
+    """
+    from txmsg._replay import REPLAYS
+    from txmsg.errors import PreconditionFailed
+
+    refused = Declares(fails=99, error=PreconditionFailed(406, "PRECONDITION_FAILED - inequivalent arg"))
+    ready = replay_topology(refused)
+    assert refused.declared == 1
+    assert len(ready) == 1 and isinstance(ready[0], Connection)
+    missing = Declares(fails=99)
+    ready = replay_topology(missing)
+    assert missing.declared == REPLAYS == 3
+    assert len(ready) == 1 and isinstance(ready[0], Connection)
 
 
 def test_stop_closes_politely() -> None:

@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "txmsg._amqp": 1,
     "txmsg._guard": 2,
     "txmsg._cluster": 2,
+    "txmsg._replay": 2,
     "txmsg.connection": 2,
     "txmsg.message": 3,
     "txmsg.topology": 3,
