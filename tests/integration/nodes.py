@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import random
 import shutil
 import signal
 import socket
@@ -47,12 +48,46 @@ UPSTREAM_4_3 = (
 )
 
 
+#: ports L{free_port} gave out in this process (a node's AMQP, distribution
+#: and TLS ports must differ)
+_GIVEN: set[int] = set()
+#: where L{free_port} looks: below Linux's default ephemeral range (32768 and
+#: up), so that a client connection's local port cannot take a port between
+#: the moment it is picked and the moment a node binds it
+_PORTS = range(20000, 32768)
+
+
+def _bindable(port: int) -> bool:
+    # a node listens on [::] (IPv4 as well): the port must be free on every address
+    try:
+        s = socket.socket(socket.AF_INET6)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        where: tuple[str, int] = ("::", port)
+    except OSError:
+        s, where = socket.socket(), ("0.0.0.0", port)
+    with s:
+        try:
+            s.bind(where)
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
+    """
+    A port nothing uses on any address, not given out before in this process,
+    outside the kernel's range for the local ports of connections.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.choice(_PORTS)
+        if port in _GIVEN:
+            continue
+        if not _bindable(port):
+            continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1} on 127.0.0.1")
 
 
 def available() -> bool:
@@ -192,7 +227,11 @@ class RabbitNode:
         deadline = time.monotonic() + 30
         while not self.pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        self.ctl("wait", self.inside(self.pid_file), "--timeout", str(timeout), timeout=timeout + 10)
+        try:
+            self.ctl("wait", self.inside(self.pid_file), "--timeout", str(timeout), timeout=timeout + 10)
+        except subprocess.CalledProcessError as e:
+            why = (e.stderr or "").strip()
+            raise RuntimeError(f"{self.node} did not start: {why}\n{self.log_tail()}") from None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with socket.socket() as s:
@@ -219,6 +258,16 @@ class RabbitNode:
         """
         if self.version() < (4, 0):
             self.ctl("eval", "mnesia:dump_log().")
+
+    def log_tail(self, lines: int = 30) -> str:
+        """
+        The last lines of the node's logs (why it did not start).
+        """
+        parts = []
+        for path in sorted((self.base / "log").glob("*.log")):
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {path.name} ---\n" + "\n".join(text))
+        return "\n".join(parts) or f"(no log in {self.base / 'log'})"
 
     def pid(self) -> int | None:
         try:
