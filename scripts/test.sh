@@ -49,9 +49,10 @@ run() {  # run LABEL ENV... -- PYTEST ARGS...
     [ "$rc" -eq 0 ] || status=1
 }
 
-# "${skip[@]}": what the broker runs leave out (the wheel test after the first)
+# "${skip[@]}": what a broker run leaves out (the wheel test, after the first run)
+no_wheel=(--ignore=tests/integration/test_packaging.py)
 skip=()
-[ "${TXMSG_PACKAGING:-}" = skip ] && skip=(--ignore=tests/integration/test_packaging.py)
+[ "${TXMSG_PACKAGING:-}" = skip ] && skip=("${no_wheel[@]}")
 
 run "unit tests (no broker)" TXMSG_TEST_NODES=host -- tests/unit "$@"
 
@@ -62,7 +63,6 @@ for broker in $BROKERS; do
             version="$(PATH="$RMQ_BIN:$PATH" "$PY" -c 'from tests import broker; print(broker.version_string())' 2>/dev/null || echo '?')"
             run "RabbitMQ $version (localhost:5672)" PATH="$RMQ_BIN:$PATH" TXMSG_TEST_NODES=host -- \
                 tests/integration tests/conformance "${skip[@]}" "$@"
-            skip=(--ignore=tests/integration/test_packaging.py)
             ;;
         4.3 | 4 | rabbitmq4)
             if ! bash scripts/rabbitmq4.sh start; then
@@ -73,7 +73,6 @@ for broker in $BROKERS; do
             mapfile -t envs < <(bash scripts/rabbitmq4.sh env)
             version="$(env "${envs[@]}" "$PY" -c 'from tests import broker; print(broker.version_string())' 2>/dev/null || echo '?')"
             run "RabbitMQ $version (the sid root)" "${envs[@]}" -- tests/integration tests/conformance "${skip[@]}" "$@"
-            skip=(--ignore=tests/integration/test_packaging.py)
             # txmsg must use no deprecated feature; the tests ask for transient
             # shared queues on purpose (and are refused), nothing else
             used="$(bash scripts/rabbitmq4.sh deprecated | grep -vx transient_nonexcl_queues | tr '\n' ' ')"
@@ -88,6 +87,7 @@ for broker in $BROKERS; do
             exit 2
             ;;
     esac
+    skip=("${no_wheel[@]}")
 done
 
 echo "=== summary ($((SECONDS - started)) s; $("$PY" -c 'import sys, twisted; print("Python %d.%d.%d" % sys.version_info[:3], "Twisted", twisted.__version__)'))"

@@ -78,16 +78,12 @@ def free_port() -> int:
     A port nothing uses on any address, not given out before in this process,
     outside the kernel's range for the local ports of connections.
     """
-    rng = random.Random()
     for _ in range(200):
-        port = rng.choice(_PORTS)
-        if port in _GIVEN:
-            continue
-        if not _bindable(port):
-            continue
-        _GIVEN.add(port)
-        return port
-    raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1} on 127.0.0.1")
+        port = random.choice(_PORTS)
+        if port not in _GIVEN and _bindable(port):
+            _GIVEN.add(port)
+            return port
+    raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 def available() -> bool:
